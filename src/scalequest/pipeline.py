@@ -1,0 +1,81 @@
+"""The whole method from one YAML: stages run in the paper's order, each reading the previous output.
+
+    output_dir: runs/demo          # stage outputs default to OUTPUT_DIR/STAGE
+    stages:                        # in pipeline order; each value is that stage's config
+      generate-questions: {num: 64}
+      filter-language: {}
+
+Every stage is resumable and is skipped when it already finished with the same config and input.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from scalequest.config import ConfigError, Section, build_config, deep_merge, parse_overrides, read_yaml
+from scalequest.runner import run_stage
+from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
+from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+
+log = logging.getLogger("scalequest")
+
+# Stage name -> (config model, stage class), in pipeline order.
+STAGES = {
+    "generate-questions": (GenerateQuestionsConfig, GenerateQuestions),
+    "filter-language": (FilterLanguageConfig, FilterLanguage),
+}
+
+
+class PipelineConfig(Section):
+    output_dir: Path = Field(..., description="Folder holding one sub-folder per stage.")
+    stages: dict[str, dict[str, Any]] = Field(..., description="Stage name -> that stage's config, in pipeline order.")
+
+
+def run_one(name: str, config, force: bool = False) -> dict:
+    _, stage_class = STAGES[name]
+    return run_stage(stage_class(config), force=force)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[PipelineConfig, list[tuple[str, Any]]]:
+    """Validate a pipeline YAML; `stage.key=value` overrides go to that stage, other keys to the top."""
+    data = read_yaml(path)
+    for key, value in parse_overrides(list(overrides)).items():
+        if key in STAGES:
+            data.setdefault("stages", {})
+            data["stages"][key] = deep_merge(data["stages"].get(key) or {}, value)
+        else:
+            data[key] = value
+    pipeline = build_config(PipelineConfig, data, str(path))
+    names = list(pipeline.stages)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"{path}: unknown stage {unknown[0]!r}; valid stages in order: {', '.join(STAGES)}")
+    order = [n for n in STAGES if n in names]
+    if names != order:
+        raise ConfigError(f"{path}: stages out of order ({', '.join(names)}); the order is: {', '.join(STAGES)}")
+    stages = []
+    previous_output: Path | None = None
+    for name in names:
+        config_class, _ = STAGES[name]
+        values = dict(pipeline.stages[name] or {})
+        values.setdefault("output", str(pipeline.output_dir / name))
+        if "input" in config_class.model_fields and previous_output is not None:
+            values.setdefault("input", str(previous_output))
+        config = build_config(config_class, values, f"{path}: stages.{name}")
+        stages.append((name, config))
+        previous_output = config.output
+    return pipeline, stages
+
+
+def run_pipeline(path: str | Path, overrides: list[str] = (), force: bool = False) -> list[tuple[str, dict]]:
+    """Run every stage in order; return (stage, manifest) pairs."""
+    _, stages = load_pipeline(path, overrides)
+    results = []
+    for name, config in stages:
+        log.info("stage %s -> %s", name, config.output)
+        results.append((name, run_one(name, config, force=force)))
+    return results

@@ -1,0 +1,111 @@
+"""Question generation from scratch (paper §2.1): sample a chat model from only the pre-query prefix.
+
+The prompt is nothing but the text a chat template writes before a user's message, so the model
+continues by writing a user's question, and stops at the template's end-of-turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import Field
+
+from scalequest.config import EngineConfig, StageConfig, sampling_config
+from scalequest.engines import SamplingParams, load_engine
+from scalequest.models import load_tokenizer, resolve_model
+from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.templates import pre_query_prefix, stop_strings
+
+
+QuestionSampling = sampling_config("QuestionSampling", temperature=1.0, top_p=0.99, max_new_tokens=512)
+
+
+class GenerateQuestionsConfig(StageConfig):
+    """Sample questions from scratch: the prompt is only the chat template's opening of a user turn."""
+
+    stage = "generate-questions"
+
+    num: int = Field(1000, ge=0, description="Questions to sample (the paper: 1M per generator).")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The question generator.")
+    sampling: QuestionSampling = Field(
+        default_factory=QuestionSampling,
+        description="Sampling parameters (paper: temperature 1.0, top_p 0.99, 512 new tokens).",
+    )
+    system_prompt: str | None = Field(
+        None, description="Optional system turn placed before the user turn (steers a model not yet question-tuned)."
+    )
+    pre_query_prefix: str | None = Field(
+        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
+    )
+
+
+def shard_seed(seed: int, shard_index: int) -> int:
+    """Each shard gets its own seed, so a shard redone after a crash reproduces its rows."""
+    return seed + 1_000_003 * shard_index
+
+
+class GenerateQuestions(RowStage):
+    config: GenerateQuestionsConfig
+
+    def check(self) -> None:
+        resolve_model(self.config.engine.model)
+
+    def count_input_rows(self) -> int:
+        return self.config.num
+
+    def input_fingerprint(self) -> str | None:
+        return None
+
+    def input_shards(self) -> Iterator[Shard]:
+        size = self.config.shard_size
+        for index, start in enumerate(range(0, self.config.num, size)):
+            ids = range(start, min(start + size, self.config.num))
+            yield Shard(index, [{"id": f"q{i:08d}"} for i in ids])
+
+    def setup(self) -> None:
+        config = self.config
+        self.engine = load_engine(config.engine)
+        tokenizer = getattr(self.engine, "tokenizer", None) or load_tokenizer(
+            config.engine.tokenizer or config.engine.model, config.engine.trust_remote_code
+        )
+        self.prompt = config.pre_query_prefix or pre_query_prefix(tokenizer, config.system_prompt)
+        self.stop = tuple(dict.fromkeys(stop_strings(tokenizer) + config.sampling.stop))
+
+    def process(self, shard: Shard) -> ShardResult:
+        sampling = self.config.sampling
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            stop=self.stop,
+            seed=shard_seed(sampling.seed, shard.index),
+        )
+        outputs = self.engine.generate([self.prompt] * len(shard.rows), params)
+        result = ShardResult(rows=[])
+        for row, completions in zip(shard.rows, outputs):
+            if not completions:
+                result.dropped["engine_failure"] += 1
+                continue
+            completion = completions[0]
+            result.tokens_in += completion.prompt_tokens
+            result.tokens_out += completion.completion_tokens
+            result.counts[f"finish_{completion.finish_reason}"] += 1
+            result.rows.append(
+                {
+                    "id": row["id"],
+                    "question": completion.text.strip(),
+                    "generator": self.config.engine.model,
+                    "sampling": {"temperature": params.temperature, "top_p": params.top_p,
+                                 "max_new_tokens": params.max_new_tokens, "seed": params.seed},
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "finish_reason": completion.finish_reason,
+                }
+            )
+        return result
+
+    def teardown(self) -> None:
+        self.engine.close()
+
+    def summary(self) -> dict:
+        return {"generator": self.config.engine.model, "prompt": getattr(self, "prompt", None)}
