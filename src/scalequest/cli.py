@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalequest", description="Synthesize math reasoning datasets from scratch (ScaleQuest)."
     )
+    from scalequest import __version__
+
+    parser.add_argument("--version", action="version", version=f"scalequest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (config_class, _) in STAGES.items():
         stage_parser = sub.add_parser(
@@ -87,12 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_stage_summary(name: str, manifest: dict) -> None:
     dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(manifest.get("dropped", {}).items()))
-    print(
-        f"{name}: {manifest['rows_in']} in -> {manifest['rows_out']} out"
-        + (f" (dropped: {dropped})" if dropped else "")
-        + f", {manifest['tokens_out']} tokens generated, {manifest['wall_seconds']:.1f}s"
-        + f" -> {manifest['config']['output']}"
-    )
+    parts = [f"{manifest.get('rows_in', 0)} in"]
+    if "rows_out" in manifest:
+        parts[0] += f" -> {manifest['rows_out']} out" + (f" (dropped: {dropped})" if dropped else "")
+    if manifest.get("tokens_out"):
+        parts.append(f"{manifest['tokens_out']} tokens generated")
+    if manifest.get("steps") is not None:
+        parts.append(f"{manifest['steps']} steps, loss {manifest['first_logged_loss']} -> {manifest['last_logged_loss']}")
+    parts.append(f"{manifest['wall_seconds']:.1f}s")
+    print(f"{name}: {', '.join(parts)} -> {manifest['config']['output']}")
 
 
 def demo(args) -> None:

@@ -17,16 +17,17 @@ from typing import Any
 from pydantic import Field
 
 from scalequest.config import ConfigError, Section, build_config, deep_merge, parse_overrides, read_yaml
-from scalequest.runner import run_stage
+from scalequest.stages import sft
 from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
 
 log = logging.getLogger("scalequest")
 
-# Stage name -> (config model, stage class), in pipeline order.
+# Stage name -> (config model, function running it to completion), in pipeline order.
 STAGES = {
-    "generate-questions": (GenerateQuestionsConfig, GenerateQuestions),
-    "filter-language": (FilterLanguageConfig, FilterLanguage),
+    "generate-questions": (GenerateQuestionsConfig, GenerateQuestions.run),
+    "filter-language": (FilterLanguageConfig, FilterLanguage.run),
+    "sft": (sft.SFTStageConfig, sft.run),
 }
 
 
@@ -36,8 +37,8 @@ class PipelineConfig(Section):
 
 
 def run_one(name: str, config, force: bool = False) -> dict:
-    _, stage_class = STAGES[name]
-    return run_stage(stage_class(config), force=force)
+    _, run = STAGES[name]
+    return run(config, force=force)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[PipelineConfig, list[tuple[str, Any]]]:

@@ -104,6 +104,10 @@ class RowStage:
         """Extra facts for the manifest (model names, parameters)."""
         return {}
 
+    @classmethod
+    def run(cls, config: StageConfig, force: bool = False) -> dict[str, Any]:
+        return run_stage(cls(config), force=force)
+
 
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
@@ -119,9 +123,9 @@ def run_hash(config: StageConfig, fingerprint: str | None) -> str:
     return f"{config.config_hash()}-{fingerprint or 'none'}"
 
 
-def prepare_output(stage: RowStage, fingerprint: str | None, force: bool) -> bool:
+def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) -> bool:
     """Check the output folder; return True when the stage already finished with this config and input."""
-    config, out = stage.config, stage.config.output
+    out = config.output
     wanted = run_hash(config, fingerprint)
     if out.exists() and not out.is_dir():
         raise io.DataError(f"output {out} exists and is not a folder")
@@ -137,7 +141,7 @@ def prepare_output(stage: RowStage, fingerprint: str | None, force: bool) -> boo
         same = saved.get("run_hash") == wanted
         if same and io.read_manifest(out) is not None and not force:
             return True
-        started_work = any(out.glob(io.SHARD_GLOB))
+        started_work = any(path.name != io.CONFIG for path in out.iterdir())
         if not same and started_work and not force:
             raise io.DataError(
                 f"output folder {out} holds a {config.stage} run with another config or input; pass --force to start over, or choose another output"
@@ -177,7 +181,7 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     stage.check()
     fingerprint = stage.input_fingerprint()
     rows_in_total = stage.count_input_rows()
-    if prepare_output(stage, fingerprint, force):
+    if prepare_output(config, fingerprint, force):
         log.info("%s: already finished in %s (same config and input); pass --force to redo", config.stage, out)
         return io.read_manifest(out)
     if rows_in_total == 0:

