@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_common(stage_parser)
+        if name == "evaluate":
+            stage_parser.add_argument("--limit", type=int, help="evaluate only the first N questions of each benchmark")
     run = sub.add_parser(
         "run",
         help="run a whole pipeline YAML",
@@ -142,13 +144,24 @@ def dispatch(args) -> None:
             print_stage_summary(name, manifest)
     else:
         config_class, _ = STAGES[args.command]
-        config = load_config(config_class, args.config, args.overrides)
+        overrides = list(args.overrides) + ([f"limit={args.limit}"] if getattr(args, "limit", None) else [])
+        config = load_config(config_class, args.config, overrides)
         manifest = run_one(args.command, config, force=args.force)
         print_stage_summary(args.command, manifest)
+        if "summary" in manifest:
+            from scalequest.stages.evaluate import markdown_table
+
+            print("\n" + markdown_table(manifest["summary"]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand before or after flags such as --limit; argparse leaves the later ones over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if "=" not in item or item.startswith("-")]
+    if stray or not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO, format="scalequest: %(message)s")
     if not args.debug:
         import warnings
@@ -159,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     from scalequest.io import DataError
+    from scalequest.math import BenchmarkError
     from scalequest.models import ModelError
 
     try:
         dispatch(args)
-    except (ConfigError, DataError, ModelError) as err:
+    except (ConfigError, DataError, ModelError, BenchmarkError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

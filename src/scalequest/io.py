@@ -84,39 +84,40 @@ def read_file(path: Path) -> Iterator[dict]:
         yield from table.to_pylist()
         return
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")
     except OSError as err:
         raise DataError(f"cannot read input {path}: {err.strerror}") from None
     with handle:
         if path.suffix == ".json":
             try:
-                data = json.load(handle)
+                data = json.loads(handle.read().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise DataError(f"{path}: not valid JSON ({err})") from None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise DataError(f"{path}: a .json input must hold a list of objects")
             yield from data
             return
-        line_number = 0
-        try:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{line_number}: corrupt JSONL line ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{line_number}: each JSONL line must be an object")
-                yield row
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{line_number + 1}: not UTF-8 text") from None
+        # Lines are decoded one by one, so an error names the exact line.
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{line_number}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_number}: corrupt JSONL line ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_number}: each JSONL line must be an object")
+            yield row
 
 
 def read_rows(source: Path) -> Iterator[dict]:
     """Every row of an input, with an `id` added where the data has none (file stem + row number)."""
     for path in input_files(source):
-        stem = path.name.split(".")[0]
+        stem = path.stem
         for number, row in enumerate(read_file(path)):
             if "id" not in row:
                 row = {"id": f"{stem}-{number}", **row}

@@ -75,6 +75,8 @@ def resolve_model(name: str) -> str:
             return EMBEDDED_HUB_ID
         return str(embedded_model_dir())
     path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError(f"model directory {name} holds no model (no config.json)")
     if path.exists():
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from scalequest.config import ConfigError, Section, build_config, deep_merge, parse_overrides, read_yaml
 from scalequest.stages import sft
+from scalequest.stages.evaluate import Evaluate, EvaluateConfig
 from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
 
@@ -28,12 +29,13 @@ STAGES = {
     "generate-questions": (GenerateQuestionsConfig, GenerateQuestions.run),
     "filter-language": (FilterLanguageConfig, FilterLanguage.run),
     "sft": (sft.SFTStageConfig, sft.run),
+    "evaluate": (EvaluateConfig, Evaluate.run),
 }
 
 
 class PipelineConfig(Section):
     output_dir: Path = Field(..., description="Folder holding one sub-folder per stage.")
-    stages: dict[str, dict[str, Any]] = Field(..., description="Stage name -> that stage's config, in pipeline order.")
+    stages: dict[str, dict[str, Any] | None] = Field(..., description="Stage name -> that stage's config, in pipeline order.")
 
 
 def run_one(name: str, config, force: bool = False) -> dict:

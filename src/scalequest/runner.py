@@ -100,8 +100,8 @@ class RowStage:
     def process(self, shard: Shard) -> ShardResult:
         raise NotImplementedError
 
-    def summary(self) -> dict[str, Any]:
-        """Extra facts for the manifest (model names, parameters)."""
+    def finalize(self) -> dict[str, Any]:
+        """Called once every shard is done: extra manifest entries (model names, summaries); may write side files."""
         return {}
 
     @classmethod
@@ -190,6 +190,8 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     stage.prepare()
     pending = (shard for shard in stage.input_shards() if not io.shard_path(out, shard.index).is_file())
     run_local(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+    if not any(out.glob(io.SHARD_GLOB)):  # no input rows: one empty shard keeps the output readable downstream
+        write_shard(out, Shard(0, []), ShardResult(rows=[]), 0.0)
     manifest = build_manifest(stage, fingerprint, started)
     io.atomic_write_text(out / io.MANIFEST, json.dumps(manifest, indent=2))
     return manifest
@@ -235,5 +237,5 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
         "last_run_seconds": round(time.time() - started, 3),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
-        **stage.summary(),
+        **stage.finalize(),
     }

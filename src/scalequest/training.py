@@ -104,11 +104,17 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
     """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save and write the manifest."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from accelerate import PartialState
+
     started = time.time()
     if check is not None:
         check()
     fingerprint = io.input_fingerprint(config.input)
-    if prepare_output(config, fingerprint, force):
+    # Under `accelerate launch` every process runs this; only the main one touches the output folder.
+    state = PartialState()
+    finished = prepare_output(config, fingerprint, force) if state.is_main_process else False
+    state.wait_for_everyone()
+    if finished or io.read_manifest(config.output) is not None:
         log.info("%s: already finished in %s; pass --force to retrain", config.stage, config.output)
         return io.read_manifest(config.output)
     trainer = build_trainer()
@@ -118,6 +124,8 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
         log.info("%s: resuming from %s", config.stage, last)
     result = trainer.train(resume_from_checkpoint=last)
     save_model(trainer, config)
+    if not state.is_main_process:
+        return {}
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     manifest = {
         "stage": config.stage,
@@ -141,11 +149,12 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
 
 def save_model(trainer, config: TrainingConfig) -> None:
     """Save weights and tokenizer into the output folder itself (LoRA merged unless asked not to)."""
-    model = trainer.model
-    if config.lora is not None and config.lora.merge:
-        model = model.merge_and_unload()
-    model.save_pretrained(config.output)
-    trainer.processing_class.save_pretrained(config.output)
+    if config.lora is None or not config.lora.merge:
+        trainer.save_model(str(config.output))  # gathers sharded (DeepSpeed/FSDP) weights on the main process
+    elif trainer.accelerator.is_main_process:
+        trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(config.output)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(config.output)
 
 
 def read_examples(source: Path, fields: tuple[str, ...]) -> list[dict]:

@@ -45,7 +45,7 @@ def load_causal_lm(config: EngineConfig):
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=config.trust_remote_code, **config.engine_kwargs
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # transformers raises either for a missing or unusable model
         raise ModelError(f"cannot load model {config.model!r}: {str(err).splitlines()[0]}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -77,17 +77,22 @@ class GenerateQuestions(RowStage):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_new_tokens=sampling.max_new_tokens,
+            n=sampling.n,
             stop=self.stop,
             seed=shard_seed(sampling.seed, shard.index),
         )
-        outputs = self.engine.generate([self.prompt] * len(shard.rows), params)
+        # Every prompt is the same prefix; with n > 1 each prompt gives n rows (vLLM shares the prefix).
+        outputs = self.engine.generate([self.prompt] * -(-len(shard.rows) // params.n), params)
         result = ShardResult(rows=[])
-        for row, completions in zip(shard.rows, outputs):
-            if not completions:
+        for group in outputs:
+            if group:
+                result.tokens_in += group[0].prompt_tokens
+        for number, row in enumerate(shard.rows):
+            group = outputs[number // params.n]
+            if len(group) <= number % params.n:
                 result.dropped["engine_failure"] += 1
                 continue
-            completion = completions[0]
-            result.tokens_in += completion.prompt_tokens
+            completion = group[number % params.n]
             result.tokens_out += completion.completion_tokens
             result.counts[f"finish_{completion.finish_reason}"] += 1
             result.rows.append(
@@ -107,5 +112,5 @@ class GenerateQuestions(RowStage):
     def teardown(self) -> None:
         self.engine.close()
 
-    def summary(self) -> dict:
+    def finalize(self) -> dict:
         return {"generator": self.config.engine.model, "prompt": getattr(self, "prompt", None)}

@@ -1,0 +1,234 @@
+"""Evaluation benchmarks: questions with their gold answers, from local JSONL files or the Hub.
+
+`load_benchmark(name)` returns rows `{"id", "benchmark", "question", "gold"}` where `gold` is a string
+ready for `answers_match`. Where the data comes from, in order:
+
+1. `{data_dir}/{name}_test.jsonl`. `data_dir` is the argument, else the environment variable
+   `SCALEQUEST_DATA_DIR`, else `../shared/data/benchmarks` relative to the current directory when that
+   folder exists. A folder that holds a `benchmarks/` subfolder (the data root) works too.
+2. Otherwise the public Hugging Face Hub copy named in `BENCHMARKS` (needs internet).
+3. Otherwise `BenchmarkError`, saying where it looked and how to provide the data.
+
+Each benchmark stores its gold answer differently; `BENCHMARKS[name].gold` turns a raw row into the
+gold string (see the `_gold_*` functions below).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scalequest.math.answers import last_boxed
+
+DATA_DIR_ENV = "SCALEQUEST_DATA_DIR"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark cannot be loaded; the message is one line saying why and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Gold answers, one function per storage convention. Each returns None when the row has no gold.
+# ----------------------------------------------------------------------------------------------
+
+
+def _format_number(value: float | int) -> str | None:
+    """A numeric gold as text: 27.0 -> "27", 3244047.0999999996 stays as is (float noise is graded away)."""
+    if isinstance(value, bool) or not math.isfinite(value):
+        return None
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _as_gold_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _format_number(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _strip_dollars(text: str) -> str:
+    """Drop `$` math delimiters but keep escaped dollar signs (`\\$`)."""
+    kept = []
+    for index, char in enumerate(text):
+        if char == "$" and (index == 0 or text[index - 1] != "\\"):
+            continue
+        kept.append(char)
+    return "".join(kept).strip()
+
+
+def _gold_gsm8k(row: dict[str, Any]) -> str | None:
+    # The solution ends with "#### 1,234"; the gold is the number, without thousands commas.
+    answer = row.get("answer")
+    if not isinstance(answer, str) or "####" not in answer:
+        return None
+    return answer.split("####")[-1].strip().replace(",", "") or None
+
+
+def _gold_field(field: str) -> Callable[[dict[str, Any]], str | None]:
+    """Gold stored as is in `field` (a string, or a number printed without a useless `.0`)."""
+
+    def gold(row: dict[str, Any]) -> str | None:
+        return _as_gold_text(row.get(field))
+
+    return gold
+
+
+def _gold_college_math(row: dict[str, Any]) -> str | None:
+    # LaTeX, often wrapped in `$...$` as a whole ("$10-4 n$"); unwrap only that case and leave
+    # mixed text such as "No solution : $\oslash$" to the grader, which ignores `$` anyway.
+    text = _as_gold_text(row.get("answer"))
+    if text and text.startswith("$") and text.endswith("$") and text.count("$") == 2 and len(text) > 2:
+        text = text[1:-1].strip()
+    return text or None
+
+
+def _gold_olympiadbench(row: dict[str, Any]) -> str | None:
+    # `final_answer` is a list holding one string such as "$\frac{1}{2 n+2}$" or "$69$,$84$".
+    answers = row.get("final_answer")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not answers or not isinstance(answers, list):
+        return None
+    text = _as_gold_text(answers[0])
+    if text is None:
+        return None
+    return _strip_dollars(text) or None
+
+
+def _gold_minerva(row: dict[str, Any]) -> str | None:
+    # No separate answer field: the gold is the last \boxed{} of the reference solution.
+    solution = row.get("solution")
+    return last_boxed(solution) if isinstance(solution, str) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmarks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark lives and how to read its question and gold answer."""
+
+    file_name: str  # local JSONL inside the data folder
+    hub_id: str  # public Hugging Face dataset, for users with internet
+    hub_split: str
+    hub_config: str | None
+    question_field: str
+    gold: Callable[[dict[str, Any]], str | None]
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "gsm8k": BenchmarkSpec("gsm8k_test.jsonl", "openai/gsm8k", "test", "main", "question", _gold_gsm8k),
+    "math500": BenchmarkSpec("math500_test.jsonl", "HuggingFaceH4/MATH-500", "test", None, "problem", _gold_field("answer")),
+    "college_math": BenchmarkSpec(
+        "college_math_test.jsonl", "di-zhang-fdu/College_Math_Test", "test", None, "question", _gold_college_math
+    ),
+    "olympiadbench": BenchmarkSpec(
+        "olympiadbench_test.jsonl", "Hothan/OlympiadBench", "train", "OE_TO_maths_en_COMP", "question", _gold_olympiadbench
+    ),
+    "gsm_hard": BenchmarkSpec("gsm_hard_test.jsonl", "reasoning-machines/gsm-hard", "train", None, "input", _gold_field("target")),
+    "minerva_math": BenchmarkSpec(
+        "minerva_math_test.jsonl", "svc-huggingface/minerva-math", "test", None, "problem", _gold_minerva
+    ),
+    "aime24": BenchmarkSpec("aime24_test.jsonl", "HuggingFaceH4/aime_2024", "train", None, "problem", _gold_field("answer")),
+    "amc23": BenchmarkSpec("amc23_test.jsonl", "math-ai/amc23", "test", None, "question", _gold_field("answer")),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path | None:
+    """`$SCALEQUEST_DATA_DIR`, else `../shared/data/benchmarks` (from the current directory) if it exists."""
+    from_env = os.environ.get(DATA_DIR_ENV)
+    if from_env:
+        return Path(from_env)
+    shared = Path("..") / "shared" / "data" / "benchmarks"
+    return shared if shared.is_dir() else None
+
+
+def _local_file(data_dir: Path, file_name: str) -> Path:
+    """The benchmark file in `data_dir`, or in its `benchmarks/` subfolder when given the data root."""
+    direct = data_dir / file_name
+    nested = data_dir / "benchmarks" / file_name
+    return nested if not direct.is_file() and nested.is_file() else direct
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BenchmarkError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise BenchmarkError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _read_hub(name: str, spec: BenchmarkSpec, local_path: Path | None) -> list[dict[str, Any]]:
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+    except Exception as error:  # noqa: BLE001 - offline, missing package, gated repo: all mean "not available"
+        where = f"no file {local_path}" if local_path else f"no local data folder (${DATA_DIR_ENV} unset, ../shared/data/benchmarks absent)"
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise BenchmarkError(
+            f"benchmark {name!r}: {where}, and the Hub dataset {spec.hub_id} could not be loaded "
+            f"({type(error).__name__}: {reason}); pass data_dir=... (or set ${DATA_DIR_ENV}) to a folder "
+            f"holding {spec.file_name}, or run with internet access"
+        ) from None
+    return [dict(row) for row in dataset]
+
+
+def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows `{"id": f"{name}-{index}", "benchmark", "question", "gold"}` of one benchmark.
+
+    `index` is the row's position in the source, so ids stay stable when rows are skipped or `limit`
+    is set. Rows without a question or gold answer are skipped with one warning giving the count.
+    """
+    spec = BENCHMARKS.get(name)
+    if spec is None:
+        raise BenchmarkError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    if limit is not None and limit < 0:
+        raise BenchmarkError(f"limit must be >= 0, got {limit}")
+
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    local_path = _local_file(folder, spec.file_name) if folder is not None else None
+    if local_path is not None and local_path.is_file():
+        raw_rows = _read_jsonl(local_path)
+    else:
+        raw_rows = _read_hub(name, spec, local_path)
+
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for index, raw in enumerate(raw_rows):
+        if limit is not None and len(rows) >= limit:
+            break
+        question = raw.get(spec.question_field)
+        gold = spec.gold(raw)
+        if not isinstance(question, str) or not question.strip() or not gold:
+            skipped += 1
+            continue
+        rows.append({"id": f"{name}-{index}", "benchmark": name, "question": question, "gold": gold})
+    if skipped:
+        warnings.warn(f"benchmark {name!r}: skipped {skipped} row(s) without a question or gold answer", stacklevel=2)
+    return rows
