@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 
 class ConfigError(ValueError):
@@ -82,15 +82,32 @@ def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
     return create_model(name, __base__=SamplingConfig, **fields)
 
 
+class ExecutorConfig(Section):
+    kind: Literal["local", "ray"] = Field("local", description="local: shards one after another in this process; ray: Ray Data actors, one engine per GPU.")
+    address: str | None = Field(None, description="ray: cluster address (e.g. ray://head:10001 or auto); unset starts a local Ray.")
+    num_workers: int | None = Field(None, ge=1, description="ray: actors (engine replicas); default one per GPU in the cluster, or 1 without GPUs.")
+    num_gpus_per_worker: float | None = Field(
+        None, ge=0, description="ray: GPUs per actor; default engine.tensor_parallel_size when the cluster has GPUs, else 0."
+    )
+    num_cpus_per_worker: float = Field(
+        0.5, gt=0, description="ray: CPUs per actor (keep below the cores per node, or read tasks starve)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_name(cls, value: Any) -> Any:
+        # `executor: ray` is short for `executor: {kind: ray}`.
+        return {"kind": value} if isinstance(value, str) else value
+
+
 class StageConfig(Section):
     """Fields shared by every stage."""
 
     stage: ClassVar[str] = ""
     # Fields that change how a stage runs but not what it writes; they stay out of the config hash.
-    runtime_fields: ClassVar[set[str]] = {"output", "progress"}
+    runtime_fields: ClassVar[set[str]] = {"output", "progress", "executor"}
 
-    output: Path = Field(..., description="Output folder (sharded JSONL, config.yaml, manifest.json).")
-    shard_size: int = Field(1000, ge=1, description="Rows per output shard; a shard is the unit of resume.")
+    output: Path = Field(..., description="Output folder (data, config.yaml, manifest.json).")
     progress: bool = Field(True, description="Show progress bars.")
 
     def config_hash(self) -> str:
@@ -98,7 +115,14 @@ class StageConfig(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class RowStageConfig(StageConfig):
+class ShardedStageConfig(StageConfig):
+    """A row-wise stage: its rows are processed shard by shard by an executor."""
+
+    shard_size: int = Field(1000, ge=1, description="Rows per output shard; a shard is the unit of resume.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where shards run: local or ray (e.g. executor=ray).")
+
+
+class RowStageConfig(ShardedStageConfig):
     input: Path = Field(..., description="Input: a stage's output folder, or a .jsonl/.json/.parquet file.")
 
 

@@ -104,6 +104,18 @@ class RowStage:
         """Called once every shard is done: extra manifest entries (model names, summaries); may write side files."""
         return {}
 
+    def devices(self) -> tuple[str, int]:
+        """(device name, GPUs in use) of this worker, for GPU-hour accounting: the engine's or the model's."""
+        gpus = getattr(getattr(self, "engine", None), "gpus", 0)
+        model_device = getattr(getattr(self, "model", None), "device", None)
+        if not gpus and getattr(model_device, "type", None) == "cuda":
+            gpus = 1
+        if not gpus:
+            return "cpu", 0
+        import torch
+
+        return torch.cuda.get_device_name(), gpus
+
     @classmethod
     def run(cls, config: StageConfig, force: bool = False) -> dict[str, Any]:
         return run_stage(cls(config), force=force)
@@ -157,9 +169,11 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
     return False
 
 
-def write_shard(out: Path, shard: Shard, result: ShardResult, seconds: float) -> None:
+def write_shard(out: Path, shard: Shard, result: ShardResult, seconds: float, devices: tuple[str, int] = ("cpu", 0)) -> dict:
     """Stats first, then the rows: a shard counts as done only once its rows file is in place."""
     stats = {
+        "device": devices[0],
+        "gpus": devices[1],
         "rows_in": len(shard.rows),
         "rows_out": len(result.rows),
         "dropped": dict(result.dropped),
@@ -170,14 +184,24 @@ def write_shard(out: Path, shard: Shard, result: ShardResult, seconds: float) ->
     }
     io.atomic_write_text(io.stats_path(out, shard.index), json.dumps(stats))
     io.atomic_write_text(io.shard_path(out, shard.index), io.to_jsonl(result.rows))
+    return stats
+
+
+def check_input_finished(config: StageConfig) -> None:
+    """An input folder whose stage never finished would silently give a partial dataset: name that stage."""
+    source = getattr(config, "input", None)
+    if source is not None and Path(source).is_dir() and (Path(source) / io.CONFIG).is_file() and io.read_manifest(Path(source)) is None:
+        saved = yaml.safe_load((Path(source) / io.CONFIG).read_text()) or {}
+        raise io.DataError(
+            f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that stage first"
+        )
 
 
 def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     """Run a row-wise stage to completion (resuming finished shards) and return its manifest."""
-    from scalequest.executors.local import run_local
-
     config, out = stage.config, stage.config.output
     started = time.time()
+    check_input_finished(config)
     stage.check()
     fingerprint = stage.input_fingerprint()
     rows_in_total = stage.count_input_rows()
@@ -189,7 +213,14 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
 
     stage.prepare()
     pending = (shard for shard in stage.input_shards() if not io.shard_path(out, shard.index).is_file())
-    run_local(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+    if config.executor.kind == "ray":
+        from scalequest.executors.ray import run_ray
+
+        run_ray(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+    else:
+        from scalequest.executors.local import run_local
+
+        run_local(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
     if not any(out.glob(io.SHARD_GLOB)):  # no input rows: one empty shard keeps the output readable downstream
         write_shard(out, Shard(0, []), ShardResult(rows=[]), 0.0)
     manifest = build_manifest(stage, fingerprint, started)
@@ -211,10 +242,13 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
     totals: Counter = Counter()
     dropped: Counter = Counter()
     counts: Counter = Counter()
+    devices: set[str] = set()
     stats_files = finished_stats(out)
     for path in stats_files:
         stats = json.loads(path.read_text())
         totals.update({k: stats[k] for k in ("rows_in", "rows_out", "tokens_in", "tokens_out", "seconds")})
+        totals["gpu_seconds"] += stats["seconds"] * stats.get("gpus", 0)
+        devices.add(stats.get("device", "cpu"))
         dropped.update(stats["dropped"])
         counts.update(stats["counts"])
     input_manifest = io.read_manifest(config.input) if isinstance(config, RowStageConfig) and config.input.is_dir() else None
@@ -235,6 +269,8 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
         # Processing time summed over every run that contributed a shard (resumes included).
         "wall_seconds": round(totals["seconds"], 3),
         "last_run_seconds": round(time.time() - started, 3),
+        "devices": sorted(devices),
+        "gpu_hours": round(totals["gpu_seconds"] / 3600, 6),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
         **stage.finalize(),

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import RowStageConfig, Section
+from scalequest.config import Section, StageConfig
 from scalequest.runner import package_versions, prepare_output
 
 log = logging.getLogger("scalequest")
@@ -31,11 +31,12 @@ class LoraOptions(Section):
     merge: bool = Field(True, description="Merge the adapters into the weights when saving, so every engine loads the result.")
 
 
-class TrainingConfig(RowStageConfig):
+class TrainingConfig(StageConfig):
     """Fields shared by training stages; `input` is the training data, `output` the model directory."""
 
-    runtime_fields = RowStageConfig.runtime_fields | {"logging_steps", "save_steps"}
+    runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps"}
 
+    input: Path = Field(..., description="Training data: a stage's output folder, or a .jsonl/.json/.parquet file.")
     model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")

@@ -51,6 +51,9 @@ class EngineError(RuntimeError):
 class Engine(ABC):
     """Base class of every engine. Subclasses live in one file each and import heavy libraries lazily."""
 
+    # GPUs this engine computes on (0 on CPU and for remote servers), for GPU-hour accounting.
+    gpus: int = 0
+
     def __init__(self) -> None:
         self.usage = Usage()
 

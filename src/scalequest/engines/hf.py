@@ -64,7 +64,9 @@ class HFEngine(Engine):
         super().__init__()
         self.config = config
         self.tokenizer, self.model = load_causal_lm(config)
-        self.batch_size = config.batch_size or (64 if self.model.device.type == "cuda" else 16)
+        on_gpu = self.model.device.type == "cuda"
+        self.gpus = 1 if on_gpu else 0
+        self.batch_size = config.batch_size or (64 if on_gpu else 16)
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):

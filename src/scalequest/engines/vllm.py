@@ -57,6 +57,9 @@ class VLLMEngine(Engine):
             )
         except OSError as err:
             raise ModelError(f"cannot load model {config.model!r}: {str(err).splitlines()[0]}") from None
+        import torch
+
+        self.gpus = config.tensor_parallel_size if torch.cuda.is_available() else 0
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):

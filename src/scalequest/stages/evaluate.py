@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from scalequest import io
-from scalequest.config import EngineConfig, StageConfig, sampling_config
+from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import SamplingParams, load_engine
 from scalequest.models import load_tokenizer, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
@@ -26,7 +26,7 @@ from scalequest.templates import plain_solve_prompt, solve_message
 EvaluationSampling = sampling_config("EvaluationSampling", temperature=0.0, top_p=1.0, max_new_tokens=2048)
 
 
-class EvaluateConfig(StageConfig):
+class EvaluateConfig(ShardedStageConfig):
     """Evaluate a model on math benchmarks (zero-shot chain of thought, greedy, pass@1)."""
 
     stage = "evaluate"

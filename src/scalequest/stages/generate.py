@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, StageConfig, sampling_config
+from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import SamplingParams, load_engine
 from scalequest.models import load_tokenizer, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
@@ -20,7 +20,7 @@ from scalequest.templates import pre_query_prefix, stop_strings
 QuestionSampling = sampling_config("QuestionSampling", temperature=1.0, top_p=0.99, max_new_tokens=512)
 
 
-class GenerateQuestionsConfig(StageConfig):
+class GenerateQuestionsConfig(ShardedStageConfig):
     """Sample questions from scratch: the prompt is only the chat template's opening of a user turn."""
 
     stage = "generate-questions"
