@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", default="scalequest-demo", help="where the demo writes (default: ./scalequest-demo)")
     add_common(demo, config=False)
+    cost = sub.add_parser(
+        "cost",
+        help="print what a run cost (the paper's Table 4 layout)",
+        description="Phase, samples, GPU-hours and cost of every finished stage under RUN_DIR.",
+    )
+    cost.add_argument("run_dir", help="a pipeline's output_dir (one sub-folder per stage)")
+    cost.add_argument("--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)")
+    cost.add_argument("--debug", action="store_true", help="show tracebacks")
     serve = sub.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
@@ -135,6 +143,11 @@ def dispatch(args) -> None:
 
     if args.command == "demo":
         demo(args)
+    elif args.command == "cost":
+        from scalequest.cost import PAPER_PRICE_PER_GPU_HOUR, cost_markdown, cost_rows
+
+        price = PAPER_PRICE_PER_GPU_HOUR if args.price is None else args.price
+        print(cost_markdown(cost_rows(args.run_dir, price), price))
     elif args.command == "serve":
         serve(args)
     elif args.command == "run":
@@ -159,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may stand before or after flags such as --limit; argparse leaves the later ones over.
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if "=" not in item or item.startswith("-")]
-    if stray or not hasattr(args, "overrides"):
+    if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    args.overrides = list(args.overrides) + extra
+    args.overrides = list(getattr(args, "overrides", [])) + extra
     logging.basicConfig(level=logging.INFO, format="scalequest: %(message)s")
     if not args.debug:
         import warnings

@@ -141,11 +141,28 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
         "last_logged_loss": history[-1]["loss"] if history else None,
         "log_history": trainer.state.log_history,
         "wall_seconds": round(time.time() - started, 3),
+        "devices": [device_name()],
+        "gpu_hours": round((time.time() - started) * gpu_count() / 3600, 6),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
     }
     io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
     return manifest
+
+
+def gpu_count() -> int:
+    """GPUs training on: every process of an accelerate/DeepSpeed launch holds one."""
+    import torch
+
+    from accelerate import PartialState
+
+    return PartialState().num_processes if torch.cuda.is_available() else 0
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def save_model(trainer, config: TrainingConfig) -> None:
