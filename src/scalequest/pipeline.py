@@ -1,15 +1,16 @@
-"""The whole method from one YAML: stages run in the paper's order, each reading the previous output.
+"""The whole method from one YAML: stages run in the paper's order, each reading earlier outputs.
 
     output_dir: runs/demo          # stage outputs default to OUTPUT_DIR/STAGE
     stages:                        # in pipeline order; each value is that stage's config
       generate-questions: {num: 64}
-      filter-language: {}
+      filter-language: {}          # input: generate-questions' output, filled in by WIRING
 
 Every stage is resumable and is skipped when it already finished with the same config and input.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,27 @@ STAGES = {
     "sft": (sft.SFTStageConfig, sft.run),
     "evaluate": (EvaluateConfig, Evaluate.run),
 }
+
+
+# Config fields a pipeline fills from earlier stages' outputs when its YAML leaves them unset:
+# field -> stages whose output can feed it, in order of preference (the first present in the pipeline wins).
+WIRING: dict[str, dict[str, tuple[str, ...]]] = {
+    "filter-language": {"input": ("generate-questions",)},
+    "evaluate": {"engine.model": ("sft",)},
+}
+
+
+def fill_from_earlier(name: str, values: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
+    for field, sources in WIRING.get(name, {}).items():
+        present = [outputs[source] for source in sources if source in outputs]
+        if not present:
+            continue
+        node = values
+        *parents, leaf = field.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(leaf, str(present[0]))
+    return values
 
 
 class PipelineConfig(Section):
@@ -61,16 +83,14 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Pipeline
     if names != order:
         raise ConfigError(f"{path}: stages out of order ({', '.join(names)}); the order is: {', '.join(STAGES)}")
     stages = []
-    previous_output: Path | None = None
+    outputs: dict[str, Path] = {}
     for name in names:
         config_class, _ = STAGES[name]
-        values = dict(pipeline.stages[name] or {})
+        values = copy.deepcopy(pipeline.stages[name] or {})
         values.setdefault("output", str(pipeline.output_dir / name))
-        if "input" in config_class.model_fields and previous_output is not None:
-            values.setdefault("input", str(previous_output))
-        config = build_config(config_class, values, f"{path}: stages.{name}")
+        config = build_config(config_class, fill_from_earlier(name, values, outputs), f"{path}: stages.{name}")
         stages.append((name, config))
-        previous_output = config.output
+        outputs[name] = config.output
     return pipeline, stages
 
 
