@@ -47,3 +47,15 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # A second run finds both stages finished and skips them.
     assert main(["demo", "--output-dir", str(out), "generate-questions.num=12", "generate-questions.sampling.max_new_tokens=48"]) == 0
     assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]
+
+
+def test_evaluate_limit_5_on_the_embedded_model(tmp_path, shared_data, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", f"output={out}", "--limit", "5", "benchmarks=[gsm8k]", f"data_dir={shared_data / 'benchmarks'}",
+                 "sampling.max_new_tokens=256"])
+    assert code == 0
+    assert "| gsm8k | 5 |" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())["benchmarks"][0]
+    assert summary["n"] == 5 and 0 <= summary["accuracy"] <= 100 and summary["mean_response_tokens"] > 0
+    rows = load_rows(out)
+    assert len(rows) == 5 and all(row["response"] for row in rows)
