@@ -353,3 +353,10 @@ def test_encode_prompt_text_does_not_double_bos() -> None:
     assert tok(prefix)["input_ids"][:2] == [bos_id, bos_id]  # what a naive engine would feed
     ids = encode_prompt_text(tok, prefix)
     assert ids[0] == bos_id and ids.count(bos_id) == 1
+
+
+def test_pre_query_prefix_is_public_at_package_level(tiny_tokenizer):
+    import scalequest
+
+    assert scalequest.pre_query_prefix(tiny_tokenizer) == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    assert scalequest.pre_query_prefix(tiny_tokenizer, "Ask math.") == "<|im_start|>system\nAsk math.<|im_end|>\n<|im_start|>user\n"
