@@ -84,13 +84,13 @@ def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
 
 class ExecutorConfig(Section):
     kind: Literal["local", "ray"] = Field("local", description="local: shards one after another in this process; ray: Ray Data actors, one engine per GPU.")
-    address: str | None = Field(None, description="ray: cluster address (e.g. ray://head:10001 or auto); unset starts a local Ray.")
+    address: str | None = Field(None, description="ray: cluster address (HOST:6379); unset uses $RAY_ADDRESS, then a cluster started with `ray start` here, else a new local Ray.")
     num_workers: int | None = Field(None, ge=1, description="ray: actors (engine replicas); default one per GPU in the cluster, or 1 without GPUs.")
     num_gpus_per_worker: float | None = Field(
         None, ge=0, description="ray: GPUs per actor; default engine.tensor_parallel_size when the cluster has GPUs, else 0."
     )
     num_cpus_per_worker: float = Field(
-        0.5, gt=0, description="ray: CPUs per actor (keep below the cores per node, or read tasks starve)."
+        0.5, gt=0, description="ray: CPUs per actor, also its torch threads on CPU (keep below the cores per node, or read tasks starve)."
     )
 
     @model_validator(mode="before")

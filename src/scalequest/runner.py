@@ -203,6 +203,10 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     started = time.time()
     check_input_finished(config)
     stage.check()
+    if config.executor.kind == "ray":
+        from scalequest.executors.ray import check_cluster
+
+        check_cluster(config)  # an unreachable cluster or too few GPUs fails before anything is written
     fingerprint = stage.input_fingerprint()
     rows_in_total = stage.count_input_rows()
     if prepare_output(config, fingerprint, force):

@@ -1,1 +1,1 @@
-"""Executors map a row-wise stage over its pending shards: `local` in this process (Ray comes later)."""
+"""Executors map a row-wise stage over its pending shards: `local` in this process, `ray` on a Ray cluster."""

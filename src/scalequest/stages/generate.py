@@ -62,14 +62,16 @@ class GenerateQuestions(RowStage):
             ids = range(start, min(start + size, self.config.num))
             yield Shard(index, [{"id": f"q{i:08d}"} for i in ids])
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
+        # Built once in the driver (cheap: the tokenizer only), so the manifest records the prompt
+        # whichever executor runs the shards.
         config = self.config
-        self.engine = load_engine(config.engine)
-        tokenizer = getattr(self.engine, "tokenizer", None) or load_tokenizer(
-            config.engine.tokenizer or config.engine.model, config.engine.trust_remote_code
-        )
+        tokenizer = load_tokenizer(config.engine.tokenizer or config.engine.model, config.engine.trust_remote_code)
         self.prompt = config.pre_query_prefix or pre_query_prefix(tokenizer, config.system_prompt)
         self.stop = tuple(dict.fromkeys(stop_strings(tokenizer) + config.sampling.stop))
+
+    def setup(self) -> None:
+        self.engine = load_engine(self.config.engine)
 
     def process(self, shard: Shard) -> ShardResult:
         sampling = self.config.sampling
@@ -113,4 +115,4 @@ class GenerateQuestions(RowStage):
         self.engine.close()
 
     def finalize(self) -> dict:
-        return {"generator": self.config.engine.model, "prompt": getattr(self, "prompt", None)}
+        return {"generator": self.config.engine.model, "prompt": self.prompt}

@@ -1,0 +1,204 @@
+"""The Ray executor: same rows as the local executor, resume after a killed driver, a dying worker's
+shard retried, and bad executor settings refused up front in one line.
+
+One local Ray (2 CPUs) serves the whole module; the killed and resumed drivers are separate
+processes that join it through its address. Row stages: generate-questions on the tiny random
+Llama from conftest, filter-language on synthetic JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from scalequest import io  # noqa: E402
+from scalequest.config import ConfigError  # noqa: E402
+from scalequest.runner import run_stage  # noqa: E402
+from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig  # noqa: E402
+from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT = 180.0  # seconds for a fresh driver to import, join Ray, start its actors and write shards
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray for all tests here (started once, stopped when they are done, so it does not hold
+    memory and CPU through the rest of the session); its workers can import this module's stages."""
+    if ray.is_initialized():
+        ray.shutdown()
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Ray gives actors with under one CPU one thread; the local runs here use one too, so numerics match."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def questions_file(path: Path, count: int = 60) -> Path:
+    rows = [{"question": f"What is {i % 15} plus 2?"} for i in range(count)]  # repeats: duplicates to drop
+    rows[7]["question"] = "Combien font 2 + 2 ? Réponds."
+    rows[11]["question"] = "   "
+    return write_jsonl(path, rows)
+
+
+def gen_config(output: Path, model_dir: Path, **overrides) -> GenerateQuestionsConfig:
+    values = dict(output=output, num=12, shard_size=3, engine={"model": str(model_dir)}, sampling={"max_new_tokens": 8}, progress=False)
+    return GenerateQuestionsConfig(**{**values, **overrides})
+
+
+RAY = {"kind": "ray", "num_workers": 2}
+
+
+def test_generate_questions_under_ray_gives_the_local_rows(tmp_path, tiny_model_dir, ray_address):
+    local = GenerateQuestions.run(gen_config(tmp_path / "local", tiny_model_dir))
+    started = time.monotonic()
+    remote = GenerateQuestions.run(gen_config(tmp_path / "ray", tiny_model_dir, executor=RAY))
+    print(f"ray run: {time.monotonic() - started:.1f}s")
+    assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
+    assert len(io.load_rows(tmp_path / "ray")) == 12
+    for key in ("rows_in", "rows_out", "shards", "tokens_in", "tokens_out", "counts", "config_hash"):
+        assert remote[key] == local[key], key
+    assert not list((tmp_path / "ray").rglob("*.tmp-*"))
+
+
+def test_filter_language_under_ray_gives_the_local_rows(tmp_path, ray_address):
+    source = questions_file(tmp_path / "questions.jsonl")
+    local = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False))
+    remote = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor="ray"))
+    assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
+    assert remote["dropped"] == local["dropped"] == {"duplicate": 43, "non_ascii": 1, "empty": 1}
+    assert remote["shards"] == local["shards"] == 9
+
+
+class DiesOnce(FilterLanguage):
+    """filter-language whose worker process dies the first time it reaches shard 1."""
+
+    marker: Path
+
+    def process(self, shard):
+        if shard.index == 1 and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return super().process(shard)
+
+
+def test_a_worker_dying_mid_stage_has_its_shard_retried(tmp_path, ray_address):
+    source = questions_file(tmp_path / "questions.jsonl")
+    expected = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False))
+    stage = DiesOnce(FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor=RAY))
+    stage.marker = tmp_path / "died"
+    manifest = run_stage(stage)
+    assert stage.marker.exists(), "the worker never died"
+    assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
+    assert manifest["rows_out"] == expected["rows_out"] and manifest["shards"] == expected["shards"]
+
+
+def test_too_many_gpus_or_cpus_are_refused_up_front(tmp_path, ray_address):
+    source = questions_file(tmp_path / "questions.jsonl", count=20)
+    for executor, message in [
+        ({"kind": "ray", "num_gpus_per_worker": 1}, "asks for 1 GPUs (1 workers x 1) but the Ray cluster has 0"),
+        ({"kind": "ray", "num_workers": 3, "num_cpus_per_worker": 1}, "asks for 3.1 CPUs"),
+    ]:
+        out = tmp_path / f"out-{len(message)}"
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            FilterLanguage.run(FilterLanguageConfig(input=source, output=out, progress=False, executor=executor))
+        assert not list(out.glob("shard-*"))
+
+
+def test_an_unreachable_address_fails_fast_with_one_line(tmp_path, ray_address):
+    source = questions_file(tmp_path / "questions.jsonl", count=20)
+    config = FilterLanguageConfig(input=source, output=tmp_path / "out", progress=False, executor={"kind": "ray", "address": "127.0.0.1:1"})
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        FilterLanguage.run(config)
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "executor.address=127.0.0.1:1" in message and "ray start --head" in message
+
+
+# --- a killed driver, resumed ----------------------------------------------------------------------
+
+NUM, SHARD_SIZE = 40, 2
+
+
+def driver_command(out: Path, model_dir: Path, address: str) -> list[str]:
+    return [
+        sys.executable, "-m", "scalequest.cli", "generate-questions",
+        f"output={out}", f"num={NUM}", f"shard_size={SHARD_SIZE}", f"engine.model={model_dir}",
+        "sampling.max_new_tokens=8", "progress=false",
+        "executor.kind=ray", f"executor.address={address}", "executor.num_workers=2",
+    ]  # fmt: skip
+
+
+def shard_count(out: Path) -> int:
+    return len(list(out.glob("shard-*.jsonl"))) if out.is_dir() else 0
+
+
+def test_a_killed_ray_driver_resumes_to_the_uninterrupted_local_rows(tmp_path, tiny_model_dir, ray_address):
+    out, log = tmp_path / "killed", tmp_path / "driver.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with open(log, "ab") as handle:
+        driver = subprocess.Popen(driver_command(out, tiny_model_dir, ray_address), env=env, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT
+    while shard_count(out) < 3:
+        if driver.poll() is not None or time.monotonic() > deadline:
+            driver.kill()
+            pytest.fail(f"no 3 shards from the Ray driver (rc {driver.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.005)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    killed_at = shard_count(out)
+    assert killed_at < NUM // SHARD_SIZE, "the driver finished before the kill landed"
+    assert not (out / io.MANIFEST).exists()
+
+    final = subprocess.run(driver_command(out, tiny_model_dir, ray_address), env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    reference = GenerateQuestions.run(gen_config(tmp_path / "reference", tiny_model_dir, num=NUM, shard_size=SHARD_SIZE))
+    rows = io.load_rows(out)
+    assert [row["id"] for row in rows] == [f"q{i:08d}" for i in range(NUM)]
+    assert rows == io.load_rows(tmp_path / "reference")
+    manifest = json.loads((out / io.MANIFEST).read_text())
+    assert manifest["rows_out"] == NUM and manifest["shards"] == NUM // SHARD_SIZE
+    assert manifest["tokens_out"] == reference["tokens_out"]
+    assert not list(out.rglob("*.tmp-*"))
+    print(f"killed with {killed_at} of {NUM // SHARD_SIZE} shards written")
+
+
+class AlwaysDies(FilterLanguage):
+    def process(self, shard):
+        if shard.index == 1:
+            os._exit(1)
+        return super().process(shard)
+
+
+def test_a_shard_that_always_kills_its_worker_fails_the_stage_after_a_few_retries(tmp_path, ray_address):
+    source = questions_file(tmp_path / "questions.jsonl", count=20)
+    out = tmp_path / "ray"
+    with pytest.raises(RuntimeError, match="filter-language: a Ray worker failed: .*rerun to resume"):
+        run_stage(AlwaysDies(FilterLanguageConfig(input=source, output=out, shard_size=5, progress=False, executor=RAY)))
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.jsonl", "shard-00002.jsonl", "shard-00003.jsonl"]
+    assert not (out / io.MANIFEST).exists()
