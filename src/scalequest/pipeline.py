@@ -18,26 +18,63 @@ from typing import Any
 from pydantic import Field
 
 from scalequest.config import ConfigError, Section, build_config, deep_merge, parse_overrides, read_yaml
-from scalequest.stages import sft
+from scalequest.stages import qft, qpo, sft
+from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
+from scalequest.stages.difficulty import (
+    DifficultyLabelConfig,
+    DifficultyTrainConfig,
+    FilterDifficulty,
+    FilterDifficultyConfig,
+    LabelDifficulty,
+    train_regressor,
+)
 from scalequest.stages.evaluate import Evaluate, EvaluateConfig
+from scalequest.stages.export import Export, ExportConfig
 from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
+from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
+from scalequest.stages.reward import RewardSelect, RewardSelectConfig
+from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityConfig
 
 log = logging.getLogger("scalequest")
 
 # Stage name -> (config model, function running it to completion), in pipeline order.
 STAGES = {
+    "qft": (qft.QFTConfig, qft.run),
+    "qpo-data": (QPODataConfig, BuildQPOData.run),
+    "qpo": (qpo.QPOConfig, qpo.run),
     "generate-questions": (GenerateQuestionsConfig, GenerateQuestions.run),
     "filter-language": (FilterLanguageConfig, FilterLanguage.run),
+    "filter-solvability": (FilterSolvabilityConfig, FilterSolvability.run),
+    "difficulty-label": (DifficultyLabelConfig, LabelDifficulty.run),
+    "difficulty-train": (DifficultyTrainConfig, train_regressor),
+    "filter-difficulty": (FilterDifficultyConfig, FilterDifficulty.run),
+    "generate-responses": (GenerateResponsesConfig, GenerateResponses.run),
+    "reward-select": (RewardSelectConfig, RewardSelect.run),
+    "decontaminate": (DecontaminateConfig, Decontaminate.run),
+    "export": (ExportConfig, Export.run),
     "sft": (sft.SFTStageConfig, sft.run),
     "evaluate": (EvaluateConfig, Evaluate.run),
 }
 
+QUESTIONS = ("filter-difficulty", "filter-solvability", "filter-language", "generate-questions")
 
 # Config fields a pipeline fills from earlier stages' outputs when its YAML leaves them unset:
 # field -> stages whose output can feed it, in order of preference (the first present in the pipeline wins).
 WIRING: dict[str, dict[str, tuple[str, ...]]] = {
+    "qpo-data": {"generator.model": ("qft",)},
+    "qpo": {"input": ("qpo-data",), "model": ("qft",)},
+    "generate-questions": {"engine.model": ("qpo", "qft")},
     "filter-language": {"input": ("generate-questions",)},
+    "filter-solvability": {"input": ("filter-language", "generate-questions")},
+    "difficulty-train": {"input": ("difficulty-label",)},
+    "filter-difficulty": {"input": QUESTIONS[1:], "regressor": ("difficulty-train",)},
+    "generate-responses": {"input": QUESTIONS},
+    "reward-select": {"input": ("generate-responses",)},
+    "decontaminate": {"input": ("reward-select", "generate-responses")},
+    "export": {"input": ("decontaminate", "reward-select", "generate-responses")},
+    "sft": {"input": ("export",)},
     "evaluate": {"engine.model": ("sft",)},
 }
 

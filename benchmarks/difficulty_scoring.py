@@ -1,0 +1,151 @@
+"""Difficulty scoring throughput: the stage's scorer vs one question at a time (the official code's way).
+
+Both score the same questions with the same model object. The baseline is what the official code does: a
+transformers `pipeline("text-classification")` called on one question after another (batch size 1). The
+stage is `ScoreDifficulty.process` on one shard: questions tokenized, sorted by length, scored in batches
+of `batch_size` (right padding), with the stage's default batch size for the device unless --batch-sizes
+is given.
+
+The model is the embedded SmolLM2-135M-Instruct turned into a 1-output regressor (a random head: fine
+for timing), or with --tiny a tiny random Llama regressor. Questions are GSM8K train questions when
+../shared/data is present, else generated text.
+
+    python benchmarks/difficulty_scoring.py                                  # stage defaults, 48 questions
+    python benchmarks/difficulty_scoring.py --dtypes float32,bfloat16 --batch-sizes 1,4,16   # the sweep
+
+Targets: >= 5x on a GPU, >= 1.0x on a CPU. Runs alternate (baseline first, then stage first, ...) so load
+drifts on a busy machine hit both sides; the ratio printed is of the median rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def regressor_from_embedded(target: Path) -> Path:
+    """The embedded chat model with a random 1-output regression head, saved once as a model folder."""
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from scalequest.models import resolve_model
+
+    source = resolve_model("embedded")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, problem_type="regression")
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def tiny_regressor(target: Path) -> Path:
+    if (target / "config.json").is_file():
+        return target
+    from conftest import build_tiny_model_dir
+
+    return build_tiny_model_dir(target, head="classifier")
+
+
+def load_questions(count: int) -> list[str]:
+    path = REPO.parent / "shared" / "data" / "train" / "gsm8k_train.jsonl"
+    questions: list[str] = []
+    if path.is_file():
+        with path.open() as lines:
+            for line in lines:
+                questions.append(json.loads(line)["question"])
+                if len(questions) == count:
+                    break
+    words = "a train leaves at noon and travels sixty miles per hour for two hours how far does it go".split()
+    while len(questions) < count:  # no shared data: varied lengths from a fixed word list
+        i = len(questions)
+        questions.append(" ".join(words * (1 + i % 4))[: 60 + 17 * (i % 11)] + "?")
+    return questions
+
+
+def one_at_a_time(pipe, questions: list[str]) -> list[float]:
+    """The official code's loop: the text-classification pipeline on one question at a time."""
+    return [pipe(question)[0]["score"] for question in questions]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="use a tiny random Llama regressor instead of the embedded SmolLM2")
+    parser.add_argument("--questions", type=int, default=48, help="questions scored per run")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of both methods")
+    parser.add_argument("--batch-sizes", default="", help="comma-separated stage batch sizes (default: the stage's default for the device)")
+    parser.add_argument("--dtypes", default="auto", help="comma-separated dtypes: auto, bfloat16, float16, float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import pipeline
+
+    from scalequest.runner import Shard
+    from scalequest.stages.difficulty import ScoreDifficulty, ScoreDifficultyConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = tiny_regressor(args.cache / "tiny-difficulty") if args.tiny else regressor_from_embedded(args.cache / "smollm2-135m-difficulty")
+    questions = load_questions(args.questions)
+    shard = Shard(0, [{"id": f"q{i}", "question": q} for i, q in enumerate(questions)])
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
+
+    for dtype in args.dtypes.split(","):
+        stages = {}
+        for size in sizes:
+            stage = ScoreDifficulty(ScoreDifficultyConfig(input="unused", output="unused", regressor=str(model_dir), dtype=dtype,
+                                                          device=args.device, batch_size=size, progress=False))
+            if stages:  # one model object for every variant and for the baseline
+                first = next(iter(stages.values()))
+                stage.model, stage.tokenizer = first.model, first.tokenizer
+                stage.batch_size = size or first.batch_size
+            else:
+                stage.setup()
+            stages[f"stage, batch {stage.batch_size}"] = stage
+        first = next(iter(stages.values()))
+        model, tokenizer = first.model, first.tokenizer
+        pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=model.device, function_to_apply="none")
+        lengths = [len(tokenizer(q)["input_ids"]) for q in questions]
+        print(f"\nmodel {model_dir.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {model.dtype}, {model.device}), "
+              f"torch threads {torch.get_num_threads()}, {len(questions)} questions, tokens {min(lengths)}-{max(lengths)} "
+              f"(mean {sum(lengths) / len(lengths):.0f})")
+
+        # Warm-up (first calls allocate and pick kernels), and a check that both give the same scores.
+        reference = one_at_a_time(pipe, questions[:8])
+        for name, stage in stages.items():
+            got = [row["difficulty"] for row in stage.process(Shard(0, shard.rows[:8])).rows]
+            print(f"{name}: max |score difference| vs one at a time on 8 questions = {max(abs(a - b) for a, b in zip(got, reference)):.2e}")
+
+        rates: dict[str, list[float]] = {"one at a time": []} | {name: [] for name in stages}
+        for round_index in range(args.rounds):
+            runs = [("one at a time", lambda: one_at_a_time(pipe, questions))]
+            runs += [(name, lambda stage=stage: stage.process(shard)) for name, stage in stages.items()]
+            if round_index % 2:
+                runs.reverse()
+            for name, run in runs:
+                started = time.perf_counter()
+                run()
+                rates[name].append(len(questions) / (time.perf_counter() - started))
+        baseline = statistics.median(rates["one at a time"])
+        for name, values in rates.items():
+            median = statistics.median(values)
+            print(f"{name:>16}: {median:7.2f} questions/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio {median / baseline:.2f}x")
+        del pipe, stages, first, model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Question fine-tuning (QFT, paper §2.2): teach a chat model to write a question from the bare pre-query prefix.
+
+Training text = pre-query prefix + question + the template's end-of-turn, i.e. exactly what the chat
+template renders for a one-message conversation. The loss covers the question and the end-of-turn only, so
+the model learns to write questions (and to stop) without being taught the prefix. The paper trained on
+~15K questions without solutions (GSM8K train + MATH train) for 1 epoch, lr 2e-5 (code: cosine, warmup 3%,
+max length 256).
+
+Tokenization is ours, not TRL's: TRL tokenizes text prompts with add_special_tokens=True (a template that
+writes BOS as text, like Llama-3 or DeepSeek, would get BOS twice) and appends the tokenizer's EOS to every
+completion (wrong when EOS is not the end-of-turn, e.g. DeepSeek ends a user turn with 'Assistant:'). So we
+hand SFTTrainer token ids with a completion mask; TRL builds the labels (-100 on the prefix) and trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import Field, create_model, model_validator
+
+from scalequest import io
+from scalequest.config import Section, StageConfig
+from scalequest.models import resolve_model
+from scalequest.runner import package_versions, prepare_output
+from scalequest.training import TrainingConfig, default_bf16, device_name, gpu_count, peft_config, save_model, trainer_arguments
+
+log = logging.getLogger("scalequest")
+
+
+class QuestionSource(Section):
+    """Where questions come from: a local file or folder (JSONL/JSON/Parquet), or a Hugging Face Hub dataset."""
+
+    path: Path | None = Field(None, description="Local .jsonl/.json/.parquet file or folder of them (set this or hub).")
+    hub: str | None = Field(None, description="Hugging Face Hub dataset id, e.g. openai/gsm8k (set this or path).")
+    subset: str | None = Field(None, description="Hub dataset configuration name, e.g. 'main' for openai/gsm8k.")
+    split: str = Field("train", description="Hub dataset split.")
+    field: str = Field("question", description="Field holding the question text.")
+
+    @model_validator(mode="after")
+    def one_location(self) -> "QuestionSource":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("a question source needs exactly one of 'path' or 'hub'")
+        return self
+
+    def name(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        return f"{self.hub}" + (f"[{self.subset}]" if self.subset else "") + f":{self.split}"
+
+
+# The paper's QFT data: GSM8K train and MATH train questions, no solutions (~15K).
+PAPER_SOURCES = [
+    QuestionSource(hub="openai/gsm8k", subset="main", split="train", field="question"),
+    QuestionSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", field="problem"),
+]
+
+# TrainingConfig's fields without `input`: QFT reads its questions from `sources` instead. (When training.py
+# offers a base without `input`, QFTConfig should subclass that directly.)
+_TrainingFields = create_model(
+    "_TrainingFields",
+    __base__=StageConfig,
+    **{name: (info.annotation, copy.copy(info)) for name, info in TrainingConfig.model_fields.items() if name not in StageConfig.model_fields and name != "input"},
+)
+
+
+class QFTConfig(_TrainingFields):
+    """Question fine-tuning: train a chat model to write a question from only the pre-query prefix (TRL SFTTrainer)."""
+
+    stage = "qft"
+    runtime_fields = TrainingConfig.runtime_fields
+
+    sources: list[QuestionSource] = Field(
+        default_factory=lambda: [s.model_copy() for s in PAPER_SOURCES],
+        min_length=1,
+        description="Question sources, each {path, field} or {hub, subset, split, field}; default: GSM8K train + MATH train (the paper's ~15K).",
+    )
+    max_questions: int | None = Field(None, ge=1, description="Train on the first N questions after shuffling with `seed` (default: all).")
+    system_prompt: str | None = Field(None, description="System turn in the prefix; must match what question generation will use (default: none).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the questions (paper: 1).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up linearly (paper code: 3%).")
+    batch_size: int = Field(8, ge=1, description="Questions per device per step.")
+    max_length: int = Field(256, ge=8, description="Longest training text in tokens (paper code: 256); longer questions are skipped, not cut, so every example ends with its end-of-turn.")
+
+
+def read_source(source: QuestionSource, skipped: Counter) -> list[str]:
+    """The questions of one source; a row without the field is an error naming the source and the field."""
+    if source.path is not None:
+        questions = []
+        for row in io.read_rows(source.path):
+            value = row.get(source.field)
+            if not isinstance(value, str):
+                raise io.DataError(f"question source {source.path}: row {row['id']} has no text field {source.field!r}")
+            questions.append(value)
+    else:
+        import datasets
+
+        try:
+            data = datasets.load_dataset(source.hub, source.subset, split=source.split)
+        except Exception as err:  # datasets raises many types (offline, missing config, bad split)
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise io.DataError(f"cannot load question source {source.name()}: {message}") from None
+        if source.field not in data.column_names:
+            raise io.DataError(f"question source {source.name()} has no field {source.field!r} (fields: {', '.join(data.column_names)})")
+        questions = [value if isinstance(value, str) else "" for value in data[source.field]]
+    kept = [q.strip() for q in questions if q.strip()]
+    if len(kept) < len(questions):
+        skipped["empty"] += len(questions) - len(kept)
+    return kept
+
+
+def collect_questions(config: QFTConfig) -> tuple[list[str], dict]:
+    """All sources' questions, shuffled with the seed and cut to `max_questions`; plus a summary for the manifest."""
+    skipped: Counter = Counter()
+    per_source = {}
+    questions: list[str] = []
+    for source in config.sources:
+        found = read_source(source, skipped)
+        per_source[source.name()] = len(found)
+        questions += found
+    if not questions:
+        raise io.DataError(f"the question sources ({', '.join(per_source)}) hold no questions")
+    random.Random(config.seed).shuffle(questions)
+    if config.max_questions is not None:
+        if config.max_questions > len(questions):
+            log.warning("qft: asked for %d questions but the sources hold %d; training on all of them", config.max_questions, len(questions))
+        questions = questions[: config.max_questions]
+    return questions, {"questions_per_source": per_source, "skipped": dict(skipped)}
+
+
+def split_tokens(tokenizer, prompt: str, completions: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Token ids of `prompt` exactly as generation encodes it, and of each completion that follows it.
+
+    A completion is the tail of prompt + completion tokenized as one text (what the chat template's
+    rendering tokenizes to), with no special tokens added (the template text already has them). When a
+    token merges across the boundary (a prefix ending in a space, 'User: ', meets 'Tom' as ' Tom'), the
+    completion is tokenized on its own instead: the model must learn to continue the prompt tokens it
+    will actually be given at generation time.
+    """
+    from scalequest.templates import encode_prompt_text
+
+    prompt_ids = encode_prompt_text(tokenizer, prompt)
+    tails = []
+    for completion in completions:
+        full = encode_prompt_text(tokenizer, prompt + completion)
+        if full[: len(prompt_ids)] == prompt_ids:
+            tails.append(full[len(prompt_ids) :])
+        else:
+            tails.append(encode_prompt_text(tokenizer, completion))
+    return prompt_ids, tails
+
+
+def build_dataset(questions: list[str], tokenizer, prefix: str, end: str, max_length: int) -> tuple["datasets.Dataset", int]:
+    """Token ids of prefix + question + end-of-turn with a mask that is 1 on the question and end-of-turn only.
+
+    Returns the dataset and how many questions were skipped for not fitting in `max_length`.
+    """
+    from datasets import Dataset
+
+    examples = []
+    too_long = 0
+    for question in questions:
+        prompt_ids, (completion_ids,) = split_tokens(tokenizer, prefix, [question + end])
+        if len(prompt_ids) + len(completion_ids) > max_length:
+            too_long += 1
+            continue
+        examples.append({"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)})
+    return Dataset.from_list(examples), too_long
+
+
+def questions_fingerprint(questions: list[str]) -> str:
+    """Changes whenever the training questions (or their order) change, whatever source they came from."""
+    digest = hashlib.sha256()
+    for question in questions:
+        digest.update(question.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def run(config: QFTConfig, force: bool = False) -> dict:
+    """Train (resuming from the last checkpoint), save a plain model directory, write the manifest last.
+
+    Mirrors training.run_training, which takes its fingerprint from `config.input`; QFT has sources instead.
+    """
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from scalequest.templates import end_of_turn, pre_query_prefix
+
+    started = time.time()
+    source = resolve_model(config.model)
+    # Every check (sources, fields, the template) happens before the output folder is touched.
+    questions, summary = collect_questions(config)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    try:
+        prefix, end = pre_query_prefix(tokenizer, config.system_prompt), end_of_turn(tokenizer)
+    except ValueError as err:
+        raise io.DataError(f"model {config.model}: {err}") from None
+    dataset, too_long = build_dataset(questions, tokenizer, prefix, end, config.max_length)
+    if too_long:
+        log.warning("qft: skipped %d of %d questions longer than max_length=%d tokens", too_long, len(questions), config.max_length)
+    if len(dataset) == 0:
+        raise io.DataError(f"no question fits in max_length={config.max_length} tokens together with the prefix; raise max_length")
+    fingerprint = questions_fingerprint(questions)
+
+    state = PartialState()
+    finished = prepare_output(config, fingerprint, force) if state.is_main_process else False
+    state.wait_for_everyone()
+    if finished or io.read_manifest(config.output) is not None:
+        log.info("qft: already finished in %s; pass --force to retrain", config.output)
+        return io.read_manifest(config.output)
+
+    bf16 = default_bf16(config)
+    args = SFTConfig(
+        **trainer_arguments(config),
+        max_length=config.max_length,
+        completion_only_loss=True,
+        # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
+        model_init_kwargs={"trust_remote_code": config.trust_remote_code, "dtype": "bfloat16" if bf16 else "float32"},
+    )
+    trainer = SFTTrainer(model=source, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(config))
+    checkpoints = config.output / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        log.info("qft: resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    save_model(trainer, config)
+    if not state.is_main_process:
+        return {}
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    manifest = {
+        "stage": config.stage,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "input": [s.name() for s in config.sources],
+        "input_fingerprint": fingerprint,
+        "rows_in": len(questions),
+        "rows_out": len(dataset),
+        "dropped": {**summary["skipped"], **({"too_long": too_long} if too_long else {})},
+        "questions_per_source": summary["questions_per_source"],
+        "pre_query_prefix": prefix,
+        "end_of_turn": end,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": history[0]["loss"] if history else None,
+        "last_logged_loss": history[-1]["loss"] if history else None,
+        "log_history": trainer.state.log_history,
+        "wall_seconds": round(time.time() - started, 3),
+        "devices": [device_name()],
+        "gpu_hours": round((time.time() - started) * gpu_count() / 3600, 6),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_versions": package_versions(),
+    }
+    io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
+    return manifest

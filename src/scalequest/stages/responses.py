@@ -1,0 +1,157 @@
+"""Response generation (paper §2.3): a solver answers every question several times with chain of thought.
+
+Each question goes through the solver's chat template as one user turn (the question, then a request to
+reason step by step and put the final answer in \\boxed{}); base models without a template get the same
+request as a plain "Question: ... Answer:" prompt. The paper samples 5 responses per question from
+Qwen2-Math-7B-Instruct (temperature 0.7, top_p 0.95, up to 2048 tokens) and keeps only responses that
+state a final answer; reward-select then picks the best one.
+
+Output: one row per (question, response), ids `{question_id}-r{sample_index}`. Shard i of the questions
+becomes shard i of the responses, so all responses of a question stay together in one shard (reward-select
+relies on that).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from scalequest.config import EngineConfig, RowStageConfig, sampling_config
+from scalequest.engines import Prompt, SamplingParams, load_engine
+from scalequest.models import load_tokenizer, resolve_model
+from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stages.generate import shard_seed
+from scalequest.templates import plain_solve_prompt, solve_message
+
+ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.95, max_new_tokens=2048, n=5)
+
+# Fields of a question row not copied into its response rows: how *that question* was generated (a response
+# row has its own), and the solvability judge's whole output, which would be repeated n times (it stays in
+# filter-solvability's output; its verdict is copied).
+QUESTION_BOOKKEEPING = {"id", "prompt", "prompt_tokens", "completion_tokens", "finish_reason", "sampling", "solvability_judgement"}
+
+# A base model answering a plain prompt tends to go on with a question of its own.
+PLAIN_STOP = "\nQuestion:"
+
+
+class GenerateResponsesConfig(RowStageConfig):
+    """Answer every question n times with a solver model (chain of thought, final answer in \\boxed{})."""
+
+    stage = "generate-responses"
+
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="The solver (paper: Qwen/Qwen2-Math-7B-Instruct)."
+    )
+    sampling: ResponseSampling = Field(
+        default_factory=ResponseSampling,
+        description="Sampling (paper: n=5 responses per question, temperature 0.7, top_p 0.95, 2048 new tokens).",
+    )
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto",
+        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat when the tokenizer has a template.",
+    )
+    question_field: str = Field("question", description="Input field holding the question text.")
+    carry_fields: list[str] | None = Field(
+        None,
+        description="Question-row fields copied into every response row; default: all but the question's own generation bookkeeping (prompt, token counts, sampling) and the solvability judge's full output.",
+    )
+    shard_size: int = Field(1000, ge=1, description="Questions per shard (each gives up to n response rows); the unit of resume.")
+
+
+def uses_chat_template(engine, engine_config: EngineConfig, prompt_format: str) -> bool:
+    """Whether to send questions through the chat template (prompt_format auto: when the tokenizer has one)."""
+    if prompt_format != "auto":
+        return prompt_format == "chat"
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None and engine_config.engine == "openai":
+        return True  # an API model is a chat model unless told otherwise
+    tokenizer = tokenizer or load_tokenizer(engine_config.tokenizer or engine_config.model, engine_config.trust_remote_code)
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def solve_prompt(question: str, chat: bool) -> Prompt:
+    """The chain-of-thought request for one question: a chat turn, or plain text for base models."""
+    return [{"role": "user", "content": solve_message(question)}] if chat else plain_solve_prompt(question)
+
+
+class GenerateResponses(RowStage):
+    config: GenerateResponsesConfig
+
+    def check(self) -> None:
+        resolve_model(self.config.engine.model)
+
+    def required_fields(self) -> tuple[str, ...]:
+        return (self.config.question_field,)
+
+    def setup(self) -> None:
+        config = self.config
+        self.engine = load_engine(config.engine)
+        self.chat = uses_chat_template(self.engine, config.engine, config.prompt_format)
+
+    def carried(self, row: dict) -> dict:
+        if self.config.carry_fields is not None:
+            return {name: row[name] for name in self.config.carry_fields if name in row}
+        skip = QUESTION_BOOKKEEPING | {self.config.question_field}
+        return {name: value for name, value in row.items() if name not in skip}
+
+    def process(self, shard: Shard) -> ShardResult:
+        from scalequest.math import extract_answer
+
+        sampling = self.config.sampling
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            n=sampling.n,
+            stop=tuple(sampling.stop) + (() if self.chat else (PLAIN_STOP,)),
+            seed=shard_seed(sampling.seed, shard.index),
+        )
+        questions = [row[self.config.question_field] for row in shard.rows]
+        outputs = self.engine.generate([solve_prompt(q, self.chat) for q in questions], params)
+        result = ShardResult(rows=[])
+        for row, question, completions in zip(shard.rows, questions, outputs):
+            if not completions:  # the engine gave up on this prompt for good
+                result.dropped["engine_failure"] += 1
+                continue
+            result.tokens_in += completions[0].prompt_tokens
+            kept = 0
+            for sample_index, completion in enumerate(completions):
+                result.tokens_out += completion.completion_tokens
+                result.counts["responses_generated"] += 1
+                result.counts[f"finish_{completion.finish_reason}"] += 1
+                answer = extract_answer(completion.text)
+                if answer is None:
+                    result.dropped["no_final_answer"] += 1
+                    continue
+                kept += 1
+                result.rows.append(
+                    {
+                        **self.carried(row),
+                        "id": f"{row['id']}-r{sample_index}",
+                        "question_id": row["id"],
+                        "question": question,
+                        "sample_index": sample_index,
+                        "response": completion.text.strip(),
+                        "answer": answer,
+                        "prompt_tokens": completion.prompt_tokens,
+                        "completion_tokens": completion.completion_tokens,
+                        "finish_reason": completion.finish_reason,
+                        "solver": self.config.engine.model,
+                    }
+                )
+            if kept == 0:
+                result.counts["questions_without_answer"] += 1
+        return result
+
+    def teardown(self) -> None:
+        self.engine.close()
+
+    def finalize(self) -> dict:
+        return {
+            "solver": self.config.engine.model,
+            "responses_per_question": self.config.sampling.n,
+            # rows_in counts questions and rows_out responses; dropped.engine_failure counts questions,
+            # dropped.no_final_answer responses.
+            "row_units": {"in": "questions", "out": "responses"},
+        }

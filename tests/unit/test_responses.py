@@ -1,0 +1,157 @@
+"""generate-responses: one row per (question, response), no-answer responses dropped and counted, chat and
+plain prompts, the paper's sampling defaults, provenance carried over; a canned engine and the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scalequest import io
+from scalequest.engines.base import Completion, Engine, SamplingParams
+from scalequest.stages.generate import shard_seed
+from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
+from scalequest.templates import plain_solve_prompt, solve_message
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model is far faster on one thread, above all on a busy 2-core machine."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+QUESTIONS = [
+    {"id": "q0", "question": "Tom has 3 apples and buys 5 more. How many apples?", "generator": "gen", "sampling": {"seed": 1},
+     "prompt_tokens": 30, "completion_tokens": 12, "finish_reason": "stop", "difficulty": 0.25},
+    {"id": "q1", "question": "What is 6 times 7?", "generator": "gen"},
+    {"id": "q2", "question": "What is the sum of 12 and 30?", "generator": "gen"},
+]
+
+REPLIES = {
+    QUESTIONS[0]["question"]: ["3 + 5 = 8, so \\boxed{8}.", "Tom has some apples.", "The answer is 8."],
+    # QUESTIONS[1]: the engine fails for good
+    QUESTIONS[2]["question"]: ["So the final answer is 42", "\\boxed{", "It is \\boxed{x + 1}"],
+}
+
+
+class CannedEngine(Engine):
+    """Replies looked up by question; a question it does not know fails for good (returns [])."""
+
+    def __init__(self, replies: dict[str, list[str]]):
+        super().__init__()
+        self.replies = replies
+        self.calls: list[tuple[list, SamplingParams]] = []
+
+    @staticmethod
+    def question_of(prompt) -> str:
+        text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        return next((q for q in REPLIES if q in text), text)
+
+    def generate(self, prompts, params):
+        self.calls.append((prompts, params))
+        results = []
+        for prompt in prompts:
+            texts = self.replies.get(self.question_of(prompt))
+            results.append([] if texts is None else [Completion(t, 10, 5 + i, "stop" if i else "length") for i, t in enumerate(texts[: params.n])])
+        return self._count(results)
+
+
+def canned(engine: Engine):
+    class Canned(GenerateResponses):
+        def setup(self) -> None:
+            from scalequest.stages.responses import uses_chat_template
+
+            self.engine = engine
+            self.chat = uses_chat_template(engine, self.config.engine, self.config.prompt_format)
+
+    return Canned
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def config(source: Path, output: Path, model_dir: Path, **overrides) -> GenerateResponsesConfig:
+    values = dict(input=source, output=output, progress=False, engine={"model": str(model_dir)}, sampling={"n": 3})
+    values.update(overrides)
+    return GenerateResponsesConfig(**values)
+
+
+def test_paper_defaults():
+    sampling = GenerateResponsesConfig(input="in", output="out").sampling
+    assert (sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens) == (5, 0.7, 0.95, 2048)
+
+
+def test_one_row_per_response_and_no_answer_responses_dropped(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    engine = CannedEngine(REPLIES)
+    manifest = canned(engine).run(config(source, tmp_path / "out", tiny_model_dir))
+    rows = io.load_rows(tmp_path / "out")
+    assert [r["id"] for r in rows] == ["q0-r0", "q0-r2", "q2-r0", "q2-r2"]
+    assert [r["answer"] for r in rows] == ["8", "8", "42", "x + 1"]
+    assert [r["sample_index"] for r in rows] == [0, 2, 0, 2]
+    first = rows[0]
+    assert first["question_id"] == "q0" and first["question"] == QUESTIONS[0]["question"]
+    assert first["response"] == "3 + 5 = 8, so \\boxed{8}."
+    assert first["solver"] == str(tiny_model_dir) and first["generator"] == "gen" and first["difficulty"] == 0.25
+    # the response's own token counts, not the question's; the question's sampling is not carried
+    assert (first["prompt_tokens"], first["completion_tokens"], first["finish_reason"]) == (10, 5, "length")
+    assert "sampling" not in first
+    assert manifest["rows_in"] == 3 and manifest["rows_out"] == 4
+    assert manifest["dropped"] == {"no_final_answer": 2, "engine_failure": 1}
+    assert manifest["counts"]["responses_generated"] == 6 and manifest["counts"]["finish_length"] == 2
+    assert manifest["tokens_in"] == 20 and manifest["tokens_out"] == 2 * (5 + 6 + 7)
+    assert manifest["solver"] == str(tiny_model_dir)
+
+
+def test_chat_prompt_and_sampling(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    engine = CannedEngine(REPLIES)
+    canned(engine).run(config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"seed": 7}))
+    (prompts, params), (_, params_1) = engine.calls
+    assert prompts[0] == [{"role": "user", "content": solve_message(QUESTIONS[0]["question"])}]
+    assert (params.n, params.temperature, params.top_p, params.max_new_tokens, params.stop) == (5, 0.7, 0.95, 2048, ())
+    assert (params.seed, params_1.seed) == (shard_seed(7, 0), shard_seed(7, 1))
+
+
+def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS[:1])
+    engine = CannedEngine(REPLIES)
+    canned(engine).run(config(source, tmp_path / "out", tiny_model_dir, prompt_format="plain"))
+    (prompts, params), = engine.calls
+    assert prompts == [plain_solve_prompt(QUESTIONS[0]["question"])]
+    assert "\nQuestion:" in params.stop
+
+
+def test_carry_fields_and_question_field(tmp_path, tiny_model_dir):
+    rows = [{"id": "a", "query": QUESTIONS[0]["question"], "generator": "gen", "difficulty": 0.5}]
+    source = write_jsonl(tmp_path / "questions.jsonl", rows)
+    canned(CannedEngine(REPLIES)).run(config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"]))
+    out = io.load_rows(tmp_path / "out")
+    assert out[0]["question"] == rows[0]["query"] and out[0]["generator"] == "gen"
+    assert "difficulty" not in out[0] and "query" not in out[0]
+    with pytest.raises(io.DataError, match="row a has no field 'question'"):
+        canned(CannedEngine(REPLIES)).run(config(source, tmp_path / "out2", tiny_model_dir))
+
+
+def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    manifest = GenerateResponses.run(
+        config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"n": 2, "max_new_tokens": 6})
+    )
+    generated = manifest["counts"]["responses_generated"]
+    assert generated == 6
+    assert manifest["rows_out"] + manifest["dropped"].get("no_final_answer", 0) == generated
+    assert manifest["tokens_in"] > 0 and 0 < manifest["tokens_out"] <= 6 * 6
+    assert manifest["shards"] == 2
+    # a question's responses stay in its shard: shard i of questions -> shard i of responses
+    for index, shard_questions in enumerate([{"q0", "q1"}, {"q2"}]):
+        rows = list(io.read_file(io.shard_path(tmp_path / "out", index)))
+        assert {r["question_id"] for r in rows} <= shard_questions
