@@ -41,7 +41,7 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
 
     # 1. The judge: every question gets a verdict read from the end of its output.
     judged = FilterSolvability.run(FilterSolvabilityConfig(
-        input=source, output=tmp_path / "solvable", engine={"model": "embedded"}, sampling={"max_new_tokens": 96},
+        input=source, output=tmp_path / "solvable", engine={"model": "embedded"}, sampling={"max_new_tokens": 64},
         keep_undecided=True, progress=False,
     ))
     assert judged["rows_in"] == 5 and judged["tokens_out"] > 0
@@ -54,7 +54,7 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
     # 2. Fail rates of the solver on four GSM8K train questions, two samples each.
     labels = LabelDifficulty.run(DifficultyLabelConfig(
         input=str(train_file), limit=4, output=tmp_path / "labels", engine={"model": "embedded"},
-        sampling={"n": 2, "max_new_tokens": 160}, progress=False,
+        sampling={"n": 2, "max_new_tokens": 128}, progress=False,
     ))
     labelled = io.load_rows(tmp_path / "labels")
     assert labels["rows_out"] == len(labelled) == 4 and labels["counts"]["samples"] == 8

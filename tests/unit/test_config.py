@@ -18,7 +18,7 @@ from scalequest.config import (
     parse_overrides,
     read_yaml,
 )
-from scalequest.pipeline import STAGES, load_pipeline
+from scalequest.pipeline import WIRING, STAGES, load_pipeline
 from scalequest.stages.filters import FilterLanguageConfig
 from scalequest.stages.generate import GenerateQuestionsConfig
 
@@ -338,15 +338,16 @@ def test_every_shipped_yaml_loads_as_a_pipeline(path):
     assert stages
     names = [name for name, _ in stages]
     assert names == [name for name in STAGES if name in names]
-    previous = None
+    outputs = {}
     for name, config in stages:
         assert isinstance(config, STAGES[name][0])
         body = pipeline.stages[name] or {}
         if "output" not in body:
             assert config.output == pipeline.output_dir / name
-        if previous is not None and "input" in type(config).model_fields and "input" not in body:
-            assert config.input == previous
-        previous = config.output
+        sources = [s for s in WIRING.get(name, {}).get("input", ()) if s in outputs]
+        if sources and "input" not in body:
+            assert config.input == outputs[sources[0]]  # wired to the preferred earlier stage
+        outputs[name] = config.output
 
 
 def test_pipeline_overrides_reach_one_stage(tmp_path):

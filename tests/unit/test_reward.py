@@ -28,8 +28,10 @@ from scalequest.stages.reward import (
     Scorer,
     best_response,
     conversation,
+    length_batches,
     load_scorer,
     read_scores,
+    render_ids,
     score_head_kind,
 )
 
@@ -106,11 +108,24 @@ def test_classifier_scores_match_the_one_at_a_time_loop_in_order(classifier_dir)
     assert scorer.tokens > 0
 
 
+def test_length_batches_sort_longest_first_and_cap_padding():
+    lengths = [100, 300, 95, 290, 280, 20, 99]
+    assert list(length_batches(lengths, 2)) == [[1, 3], [4], [0, 6], [2], [5]]
+    assert list(length_batches(lengths, 4)) == [[1, 3, 4], [0, 6, 2], [5]]
+    assert list(length_batches([], 4)) == []
+
+
 def test_batched_scores_equal_one_at_a_time(classifier_dir):
-    chats = [conversation(q, r) for q, r in PAIRS]
+    # Similar lengths, so they really share batches (a batch never pads more than 10%), plus odd ones out.
+    chats = [conversation(PAIRS[0][0], f"Step {k}: 3 + 5 = 8 apples in all, so \\boxed{{{k}}}.") for k in range(6)]
+    chats += [conversation(q, r) for q, r in PAIRS]
+    scorer = ClassifierScorer(RewardModelConfig(model=str(classifier_dir), dtype="float32", batch_size=4))
+    lengths = [len(render_ids(scorer.tokenizer, chat)) for chat in chats]
+    assert max(len(batch) for batch in length_batches(lengths, 4)) == 4
     single = ClassifierScorer(RewardModelConfig(model=str(classifier_dir), dtype="float32", batch_size=1)).score(chats)
-    batched = ClassifierScorer(RewardModelConfig(model=str(classifier_dir), dtype="float32", batch_size=4)).score(chats)
+    batched = scorer.score(chats)
     assert batched == pytest.approx(single, abs=1e-4)
+    assert batched == pytest.approx(one_at_a_time(classifier_dir, chats), abs=1e-4)
     # bfloat16 on CPU (the stage's default here) stays close too
     bf16 = ClassifierScorer(RewardModelConfig(model=str(classifier_dir), dtype="bfloat16", batch_size=4)).score(chats)
     assert bf16 == pytest.approx(single, abs=0.05)

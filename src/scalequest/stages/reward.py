@@ -46,6 +46,8 @@ PAPER_REWARD_MODEL = "internlm/internlm2-7b-reward"
 # helps: the matmuls are already large and padding adds work (see benchmarks/reward_scoring.py).
 CUDA_BATCH_SIZE = 32
 CPU_BATCH_SIZE = 4
+# A batch holds conversations at most this much shorter than its longest (as a share of that length).
+MAX_PADDING = 0.1
 SCORES_DIR = "scores"
 
 
@@ -165,9 +167,18 @@ def render_ids(tokenizer, chat: Conversation) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def batches(order: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(order), size):
-        yield order[start : start + size]
+def length_batches(lengths: list[int], size: int) -> Iterator[list[int]]:
+    """Indices longest first, in batches of up to `size` whose shortest member is at most MAX_PADDING shorter than
+    the longest. Similar lengths share a batch, so padding wastes little work (on a CPU it is all waste: a
+    batch is no faster per token than one conversation); a batch too big for memory fails at once."""
+    batch: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batch and (len(batch) == size or lengths[batch[0]] - lengths[index] > MAX_PADDING * lengths[batch[0]]):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
 
 
 class Scorer:
@@ -230,11 +241,8 @@ class ClassifierScorer(Scorer):
         import torch
 
         encoded = [render_ids(self.tokenizer, chat) for chat in conversations]
-        # Longest first: similar lengths share a batch (little padding), and a batch too big for memory
-        # fails at once rather than at the end.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         scores = [0.0] * len(encoded)
-        for batch in batches(order, self.batch_size):
+        for batch in length_batches([len(ids) for ids in encoded], self.batch_size):
             if len(batch) == 1:
                 inputs = {"input_ids": torch.tensor([encoded[batch[0]]])}
             else:
@@ -272,9 +280,8 @@ class RemoteCodeScorer(Scorer):
         import torch
 
         texts = [self.tokenizer.apply_chat_template(chat, tokenize=False) for chat in conversations]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         scores = [0.0] * len(texts)
-        for batch in batches(order, self.batch_size):
+        for batch in length_batches([len(text) for text in texts], self.batch_size):  # characters: its code tokenizes
             chats = [conversations[i] for i in batch]
             with torch.inference_mode():
                 if hasattr(self.model, "get_scores"):
