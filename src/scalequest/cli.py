@@ -113,7 +113,7 @@ def print_stage_summary(name: str, manifest: dict) -> None:
 
 def demo(args) -> None:
     from scalequest.io import load_rows
-    from scalequest.pipeline import run_pipeline
+    from scalequest.pipeline import QUESTIONS, run_pipeline
 
     with resources.as_file(resources.files("scalequest") / "configs" / "demo.yaml") as path:
         results = run_pipeline(path, [f"output_dir={args.output_dir}", *args.overrides], force=args.force)
@@ -122,10 +122,16 @@ def demo(args) -> None:
     for name, manifest in results:
         print("  ", end="")
         print_stage_summary(name, manifest)
-    final = results[-1][1]["config"]["output"]
-    print("\nSample questions:")
-    for row in load_rows(final)[:5]:
-        print(f"  - {' '.join(row['question'].split())[:300]}")
+    manifests = dict(results)
+    if "summary" in manifests.get("evaluate", {}):
+        from scalequest.stages.evaluate import markdown_table
+
+        print("\n" + markdown_table(manifests["evaluate"]["summary"]))
+    last_questions = next((manifests[name] for name in QUESTIONS if name in manifests), None)
+    if last_questions is not None:
+        print("\nSample questions:")
+        for row in load_rows(last_questions["config"]["output"])[:5]:
+            print(f"  - {' '.join(row['question'].split())[:300]}")
 
 
 def serve(args) -> None:

@@ -118,3 +118,34 @@ def test_sigkill_at_three_moments_then_resume_gives_the_uninterrupted_rows(tmp_p
     for key in ("tokens_in", "tokens_out", "dropped", "counts", "config_hash"):
         assert manifest[key] == reference_manifest[key], key
     assert "generate-questions: 40 in -> 40 out" in final.stdout
+
+
+def test_sigkill_in_the_middle_of_run_then_rerun_gives_the_same_final_ids(tmp_path, tiny_model_dir):
+    """`scalequest run` killed while its first stage works, then rerun: the final stage's row ids match."""
+    pipeline = tmp_path / "pipeline.yaml"
+
+    def run(output_dir: Path, kill_at_shards: int | None = None) -> None:
+        pipeline.write_text(json.dumps({
+            "output_dir": str(output_dir),
+            "stages": {
+                "generate-questions": {"num": 12, "shard_size": 2, "engine": {"model": str(tiny_model_dir)},
+                                       "sampling": {"max_new_tokens": 12}, "progress": False},
+                "filter-language": {"ascii_only": False, "progress": False},
+            },
+        }))
+        log = tmp_path / "run.log"
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "scalequest.cli", "run", "-c", str(pipeline)],
+                                    cwd=tmp_path, env=environment(), stdout=handle, stderr=subprocess.STDOUT)
+        if kill_at_shards is None:
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        else:
+            kill_when(proc, output_dir / "generate-questions", kill_at_shards, log)
+
+    run(tmp_path / "reference")
+    run(tmp_path / "killed", kill_at_shards=2)
+    assert not (tmp_path / "killed" / "filter-language").exists()
+    run(tmp_path / "killed")
+    final = [row["id"] for row in io.load_rows(tmp_path / "killed" / "filter-language")]
+    assert final and final == [row["id"] for row in io.load_rows(tmp_path / "reference" / "filter-language")]
+    assert len(final) == len(set(final))
