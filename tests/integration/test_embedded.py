@@ -30,22 +30,27 @@ def test_embedded_model_converts_once_and_has_a_chat_prefix():
     assert stop_strings(tokenizer) == ["<|im_end|>"]
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
+DEMO_SMALL = ["qft.max_questions=24", "qpo-data.num=4", "qpo-data.shard_size=4", "generate-questions.num=12",
+              "generate-questions.sampling.max_new_tokens=48", "difficulty-label.limit=4", "evaluate.limit=1"]
+
+
+def test_demo_pipeline_runs_end_to_end(tmp_path, capsys):
+    """`scalequest demo` (configs/demo.yaml: every stage but reward-select on the embedded model), made smaller."""
     out = tmp_path / "demo"
-    code = main(["demo", "--output-dir", str(out), "generate-questions.num=12", "generate-questions.sampling.max_new_tokens=48"])
-    assert code == 0
+    assert main(["demo", "--output-dir", str(out), *DEMO_SMALL]) == 0
     printed = capsys.readouterr().out
-    assert "Funnel:" in printed and "Sample questions:" in printed
-    generated = json.loads((out / "generate-questions" / "manifest.json").read_text())
-    filtered = json.loads((out / "filter-language" / "manifest.json").read_text())
+    assert "Funnel:" in printed and "Sample questions:" in printed and "| gsm8k | 1 |" in printed
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/manifest.json")}
+    assert set(manifests) >= {"qft", "qpo-data", "qpo", "generate-questions", "filter-language", "filter-solvability",
+                              "difficulty-label", "difficulty-train", "filter-difficulty", "generate-responses",
+                              "decontaminate", "export", "sft", "evaluate"}
+    generated, filtered = manifests["generate-questions"], manifests["filter-language"]
     assert generated["rows_out"] == 12 and generated["tokens_out"] > 0
-    assert filtered["rows_in"] == 12
-    assert filtered["rows_out"] + sum(filtered["dropped"].values()) == 12
-    questions = [row["question"] for row in load_rows(out / "filter-language")]
-    assert questions and all(q.strip() and q.isascii() for q in questions)
-    assert all("<|im_end|>" not in q and "<|im_start|>" not in q for q in questions)
-    # A second run finds both stages finished and skips them.
-    assert main(["demo", "--output-dir", str(out), "generate-questions.num=12", "generate-questions.sampling.max_new_tokens=48"]) == 0
+    assert filtered["rows_in"] == 12 and filtered["rows_out"] + sum(filtered["dropped"].values()) == 12
+    assert all(q["question"].isascii() and "<|im_end|>" not in q["question"] for q in load_rows(out / "filter-language"))
+    assert (out / "sft" / "model.safetensors").is_file()
+    # A second run finds every stage finished and skips it.
+    assert main(["demo", "--output-dir", str(out), *DEMO_SMALL]) == 0
     assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]
 
 

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import random
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -152,6 +151,29 @@ def test_label_rejects_rows_without_gold_before_any_output(tmp_path, monkeypatch
     source = str(write_jsonl(tmp_path / "gsm8k.jsonl", rows))
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         LabelDifficulty.run(label_config(tmp_path, input=source, **overrides))
+    assert not (tmp_path / "labels").exists()
+
+
+def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config_name, split):
+        calls.append((name, config_name, split))
+        return datasets.Dataset.from_list(LABELLED)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(difficulty, "load_engine", lambda config: CannedSolver(SOLUTIONS))
+    manifest = LabelDifficulty.run(label_config(tmp_path, input="openai/gsm8k", hub_config="main"))
+    assert calls[0] == ("openai/gsm8k", "main", "train")
+    assert [row["id"] for row in io.load_rows(tmp_path / "labels")] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
+    assert manifest["input"] == "openai/gsm8k" and manifest["input_fingerprint"]
+
+
+def test_label_names_an_unreachable_hub_dataset(tmp_path):
+    with pytest.raises(DataError, match="input someone/no-such-dataset is neither a local file or folder nor a loadable Hub dataset"):
+        LabelDifficulty.run(label_config(tmp_path, input="someone/no-such-dataset"))
     assert not (tmp_path / "labels").exists()
 
 

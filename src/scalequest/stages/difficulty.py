@@ -286,7 +286,7 @@ class DifficultyTrainConfig(TrainingConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the training split (ours; the paper gives none).")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (ours; the paper gives none).")
     batch_size: int = Field(8, ge=1, description="Examples per device per step.")
-    max_length: int = Field(512, ge=8, description="Longest tokenized question; longer ones are truncated (also used when scoring).")
+    max_length: int = Field(512, ge=8, description="Longest tokenized question; longer ones are truncated (give filter-difficulty the same max_length).")
     question_field: str = Field("question", description="Input field holding the question.")
     label_field: str = Field("fail_rate", description="Input field holding the number to predict.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out (seeded by `seed`) for MSE and Spearman in the manifest.")

@@ -13,9 +13,10 @@ solver, answer, reward_score, reward_model, difficulty, ...).
 
 Finding the earlier stages: every stage writes its resolved config (config.yaml) and, when finished, a
 manifest.json naming its `input`. Export starts from its own input and follows each manifest's input,
-and every model folder a config names (a question generator trained by qft/qpo), back to the start. A
-path that was relative to another working directory is looked up next to the folder that named it (the
-pipeline keeps every stage in one folder). `stage_folders: [...]` lists the folders instead.
+and every other stage folder a config names (a question generator trained by qft/qpo, a difficulty
+regressor), back to the start. A path that was relative to another working directory is looked up next
+to the folder that named it (the pipeline keeps every stage in one folder). `stage_folders: [...]`
+lists the folders instead.
 
     datasets.load_dataset("parquet", data_files="OUTPUT/data/*.parquet", split="train")
     datasets.load_dataset("json", data_files="OUTPUT/shard-*.jsonl", split="train")
@@ -89,23 +90,30 @@ class ExportConfig(RowStageConfig):
 
 def stage_folder(value: Any, named_by: Path) -> Path | None:
     """The stage output folder a config value points to, if it is one (config.yaml inside)."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\n" in value:
         return None
     path = Path(value)
     candidates = [path] if path.is_absolute() else [path, named_by.parent / path.name]
     for candidate in candidates:
-        if (candidate / io.CONFIG).is_file():
-            return candidate
+        try:
+            if (candidate / io.CONFIG).is_file():
+                return candidate
+        except OSError:  # a prompt or other text that is no path at all (name too long)
+            continue
     return None
 
 
-def upstream_references(config: dict) -> Iterator[str]:
-    """Every `input` and `model` value in a resolved config, nested sections included."""
-    for key, value in config.items():
-        if isinstance(value, dict):
+def upstream_references(config: Any) -> Iterator[str]:
+    """Every string in a resolved config but its own output: inputs, models, regressors, ... (nested too)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key != "output":
+                yield from upstream_references(value)
+    elif isinstance(config, list):
+        for value in config:
             yield from upstream_references(value)
-        elif key in ("input", "model"):
-            yield value
+    elif isinstance(config, str):
+        yield config
 
 
 def finished_manifest(folder: Path) -> dict:
