@@ -238,6 +238,15 @@ def test_train_rejects_rows_without_a_numeric_label(tmp_path, tiny_model_dir):
     assert not (tmp_path / "regressor").exists()
 
 
+def test_train_warns_when_every_label_is_the_same(tmp_path, tiny_model_dir, caplog):
+    rows = [{"question": f"What is {i} + {i}?", "fail_rate": 1.0} for i in range(8)]
+    config = train_config(tmp_path, tiny_model_dir, input=write_jsonl(tmp_path / "flat.jsonl", rows), max_steps=1)
+    with caplog.at_level(logging.WARNING, logger="scalequest"):
+        manifest = train_regressor(config)
+    assert "every row" in caplog.text and "fail_rate = 1" in caplog.text
+    assert manifest["held_out"]["spearman"] is None  # undefined for constant labels
+
+
 def test_spearman_with_ties_and_constants():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

@@ -412,7 +412,10 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
 
     def check() -> None:
         resolve_model(config.model)
-        read_labelled(config)
+        labels = {row["label"] for row in read_labelled(config)}
+        if len(labels) == 1:  # e.g. a small solver that fails every question: nothing to rank by
+            log.warning("%s: every row of %s has %s = %g; the regressor can only learn a constant", config.stage,
+                        config.input, config.label_field, labels.pop())
 
     manifest = run_training(config, lambda: build_regression_trainer(config), force=force, check=check)
     if manifest and "held_out" not in manifest:
