@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from scalequest.cli import main
 from scalequest.io import load_rows
 from scalequest.models import embedded_gguf, resolve_model
-
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,25 +54,6 @@ def test_demo_pipeline_runs_end_to_end(tmp_path, capsys):
     # A second run finds every stage finished and skips it.
     assert main(["demo", "--output-dir", str(out), *DEMO_SMALL]) == 0
     assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]
-
-
-def test_demo_question_stages_run_through_scalequest_run(tmp_path, capsys):
-    """The question half of configs/demo.yaml (qft -> qpo-data -> qpo -> generate -> filter) through `scalequest run`."""
-    import yaml
-
-    demo = yaml.safe_load((REPO_CONFIGS / "demo.yaml").read_text())
-    keep = ["qft", "qpo-data", "qpo", "generate-questions", "filter-language"]
-    demo["stages"] = {name: demo["stages"][name] for name in keep}
-    demo["output_dir"] = str(tmp_path / "run")
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(yaml.safe_dump(demo))
-    assert main(["run", "-c", str(pipeline), *DEMO_SMALL[:5]]) == 0
-    printed = capsys.readouterr().out
-    assert all(f"{name}:" in printed for name in keep)
-    filtered = json.loads((tmp_path / "run" / "filter-language" / "manifest.json").read_text())
-    assert filtered["rows_in"] == 12 and filtered["rows_out"] + sum(filtered["dropped"].values()) == 12
-    generated = json.loads((tmp_path / "run" / "generate-questions" / "manifest.json").read_text())
-    assert generated["generator"] == str(tmp_path / "run" / "qpo")  # wired: sampled from the QPO model
 
 
 def test_evaluate_limit_5_on_the_embedded_model(tmp_path, shared_data, capsys):
