@@ -2,7 +2,7 @@
 
 By default this trains the chain itself on the embedded SmolLM2-135M-Instruct (each stage resumes or is
 skipped when already done in --work): qft on --qft-questions GSM8K train questions, qpo-data with the QFT
-model as generator and the raw model as optimizer, qpo on those pairs; then it samples --num questions
+model as generator and the raw model as optimizer (its reply prefilled with the marker), qpo on those pairs; then it samples --num questions
 from each of raw / QFT / QPO with the paper's question sampling (temperature 1.0, top_p 0.99) and prints a
 Markdown table. Pass --models name=model ... to measure given models only.
 
@@ -92,7 +92,8 @@ def train_chain(work: Path, args: argparse.Namespace) -> dict[str, str]:
     pairs = BuildQPOData.run(QPODataConfig(
         output=work / "qpo-data", num=args.qpo_questions, shard_size=args.qpo_questions,
         generator={"model": models["qft"]}, sampling={"max_new_tokens": 128, "seed": args.seed + 1},
-        optimizer={"model": args.base}, optimizer_sampling={"max_new_tokens": 320}, progress=False,
+        optimizer={"model": args.base}, optimizer_sampling={"max_new_tokens": 160},
+        optimizer_reply_prefix="Final question:", progress=False,
     ))
     print(f"qpo-data: {time.time() - started:.0f} s, {pairs['rows_out']} pairs of {pairs['rows_in']}, dropped {pairs['dropped']}", flush=True)
     if pairs["rows_out"] == 0:

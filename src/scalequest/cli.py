@@ -106,7 +106,12 @@ def print_stage_summary(name: str, manifest: dict) -> None:
     if manifest.get("tokens_out"):
         parts.append(f"{manifest['tokens_out']} tokens generated")
     if manifest.get("steps") is not None:
-        parts.append(f"{manifest['steps']} steps, loss {manifest['first_logged_loss']} -> {manifest['last_logged_loss']}")
+        first, last, mean = manifest.get("first_logged_loss"), manifest.get("last_logged_loss"), manifest.get("train_loss")
+        # Short runs log the loss once or never; their mean training loss is then the figure to show.
+        if first is not None and last is not None and first != last:
+            parts.append(f"{manifest['steps']} steps, loss {first:.3f} -> {last:.3f}")
+        else:
+            parts.append(f"{manifest['steps']} steps" + (f", train loss {mean:.3f}" if mean is not None else ""))
     parts.append(f"{manifest['wall_seconds']:.1f}s")
     print(f"{name}: {', '.join(parts)} -> {manifest['config']['output']}")
 

@@ -1,6 +1,7 @@
 """Integration tier: the question-generator chain on the embedded SmolLM2-135M-Instruct, kept tiny.
 
-qft (32 GSM8K questions, 4 steps) -> qpo-data (8 questions, the raw model as optimizer) -> qpo (1 step)
+qft (32 GSM8K questions, 4 steps) -> qpo-data (16 questions, the raw model as optimizer, its reply prefilled
+with the marker: unprompted, a 135M model almost never ends with a marked question) -> qpo (1 step)
 -> generate-questions from the QPO model -> filter-language. A few minutes on 2 idle CPU cores.
 """
 
@@ -34,11 +35,11 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
     assert json.loads((tmp_path / "qft" / "config.json").read_text())["model_type"] == "llama"
 
     pairs = BuildQPOData.run(QPODataConfig(
-        output=tmp_path / "qpo-data", num=8, shard_size=8, generator={"model": str(tmp_path / "qft")},
+        output=tmp_path / "qpo-data", num=16, shard_size=16, generator={"model": str(tmp_path / "qft")},
         sampling={"max_new_tokens": 96, "seed": 0}, optimizer={"model": "embedded"},
-        optimizer_sampling={"max_new_tokens": 256}, progress=False,
+        optimizer_sampling={"max_new_tokens": 128}, optimizer_reply_prefix="Final question:", progress=False,
     ))
-    assert pairs["rows_in"] == 8 and pairs["rows_out"] + sum(pairs["dropped"].values()) == 8
+    assert pairs["rows_in"] == 16 and pairs["rows_out"] + sum(pairs["dropped"].values()) == 16
     assert pairs["rows_out"] >= 1, f"the embedded optimizer gave no usable rewrite: {pairs['dropped']}"
     for row in load_rows(tmp_path / "qpo-data"):
         assert row["prompt"] == PREFIX and row["chosen"].isascii() and row["chosen"] != row["rejected"]

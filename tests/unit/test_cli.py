@@ -348,3 +348,15 @@ def test_run_unknown_key_names_stage_and_file(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     path.write_text(f"output_dir: {tmp_path / 'run'}\nstages:\n  generate-questions: {{nmu: 3}}\n")
     assert_one_error_line(capsys, call(["run", "-c", path]), "nmu", str(path), "generate-questions")
+
+
+def test_stage_summary_shows_the_loss_a_short_training_run_has(capsys):
+    from scalequest.cli import print_stage_summary
+
+    base = {"rows_in": 9, "wall_seconds": 2.0, "config": {"output": "out"}, "steps": 3}
+    print_stage_summary("qpo", {**base, "first_logged_loss": 0.69, "last_logged_loss": 0.69, "train_loss": 0.6})
+    print_stage_summary("sft", {**base, "first_logged_loss": None, "last_logged_loss": None, "train_loss": 1.25})
+    print_stage_summary("qft", {**base, "first_logged_loss": 2.5, "last_logged_loss": 1.0, "train_loss": 1.7})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["qpo: 9 in, 3 steps, train loss 0.600, 2.0s -> out", "sft: 9 in, 3 steps, train loss 1.250, 2.0s -> out",
+                     "qft: 9 in, 3 steps, loss 2.500 -> 1.000, 2.0s -> out"]

@@ -112,6 +112,54 @@ def test_qpo_data_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert BuildQPOData.run(data_config(tmp_path, tiny_model_dir, num=4))["finished_at"] == manifest["finished_at"]
 
 
+class PrefilledOptimizer(Engine):
+    """Continues a prefilled reply: writes only the question, as a small model does after 'Final question:'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[list[dict]] = []
+
+    def generate(self, prompts, params: SamplingParams) -> list[list[Completion]]:
+        self.prompts.extend(prompts)
+        return self._count([reply(f" {REWRITE}\n\nThe answer is 7.") for _ in prompts])
+
+
+def test_optimizer_reply_prefix_is_prefilled_and_parsed_with_the_reply(tmp_path, tiny_model_dir):
+    class WithPrefilledOptimizer(BuildQPOData):
+        def load_optimizer(self) -> Engine:
+            self.prefilled = PrefilledOptimizer()
+            return self.prefilled
+
+    stage = WithPrefilledOptimizer(data_config(tmp_path, tiny_model_dir, num=4, optimizer_reply_prefix="Final question:"))
+    from scalequest.runner import run_stage
+
+    manifest = run_stage(stage)
+    assert manifest["rows_out"] == 4, manifest["dropped"]
+    assert all(p[-1] == {"role": "assistant", "content": "Final question:"} for p in stage.prefilled.prompts)
+    for row in io.load_rows(tmp_path / "pairs"):
+        assert row["chosen"] == REWRITE and row["optimizer_output"].startswith(f"Final question: {REWRITE}")
+
+
+def test_a_prefilled_reply_is_continued_not_closed(tiny_tokenizer):
+    from scalequest.engines.base import render_prompt
+
+    conversation = [{"role": "user", "content": "Rewrite: 1+1?"}]
+    opened = render_prompt(tiny_tokenizer, conversation)
+    prefilled = render_prompt(tiny_tokenizer, conversation + [{"role": "assistant", "content": "Final question:"}])
+    assert prefilled.startswith(opened) and prefilled.endswith("Final question:")
+    assert render_prompt(tiny_tokenizer, "raw text") == "raw text"
+
+
+def test_reply_prefix_with_a_remote_optimizer_is_refused(tmp_path, tiny_model_dir):
+    from scalequest.config import ConfigError
+
+    config = data_config(tmp_path, tiny_model_dir, optimizer={"engine": "openai", "model": "gpt-4o-mini"},
+                         optimizer_reply_prefix="Final question:")
+    with pytest.raises(ConfigError, match="optimizer_reply_prefix needs a local optimizer engine"):
+        BuildQPOData.run(config)
+    assert not (tmp_path / "pairs").exists()
+
+
 def test_judge_rewrite_reasons():
     question = "Tom has 3 apples. How many?"
     assert judge_rewrite(question, f"Final question: {REWRITE}", "stop", 500) == (REWRITE, None)

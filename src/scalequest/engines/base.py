@@ -1,7 +1,9 @@
 """The engine interface: prompts + sampling parameters -> n completions per prompt, with token counts.
 
 A prompt is either raw text (sent to the model as is, e.g. a pre-query prefix) or a chat conversation
-(a list of {"role", "content"} messages) that the engine renders with the model's chat template.
+(a list of {"role", "content"} messages) that the engine renders with the model's chat template. A
+conversation that ends with an assistant message is continued from that message (a prefilled reply);
+local engines only.
 """
 
 from __future__ import annotations
@@ -84,3 +86,12 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut `text` at the first stop string; return the text and whether a stop string was found."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> str:
+    """The text a local engine feeds the model: raw text as is, a conversation through the chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and prompt[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(prompt, tokenize=False, continue_final_message=True)
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from scalequest.config import EngineConfig
-from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, truncate_at_stop
+from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, render_prompt, truncate_at_stop
 from scalequest.models import ModelError, resolve_model
 
 
@@ -68,17 +68,12 @@ class HFEngine(Engine):
         self.gpus = 1 if on_gpu else 0
         self.batch_size = config.batch_size or (64 if on_gpu else 16)
 
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         import torch
         from tqdm.auto import tqdm
 
         tokenizer = self.tokenizer
-        encoded = [encode(tokenizer, self.render(p)) for p in prompts]
+        encoded = [encode(tokenizer, render_prompt(tokenizer, p)) for p in prompts]
         # Stop strings that are one token (end-of-turn, EOS) stop cheaply as EOS ids; longer ones go
         # through transformers' stop-string matcher and are cut from the text afterwards.
         stop_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

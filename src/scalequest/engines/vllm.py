@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 
 from scalequest.config import EngineConfig
-from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams
+from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, render_prompt
 from scalequest.engines.hf import encode
 from scalequest.models import ModelError, load_tokenizer, resolve_model
 
@@ -61,11 +61,6 @@ class VLLMEngine(Engine):
 
         self.gpus = config.tensor_parallel_size if torch.cuda.is_available() else 0
 
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
     def sampling_params(self, params: SamplingParams, prompt_index: int):
         import vllm
 
@@ -90,7 +85,7 @@ class VLLMEngine(Engine):
 
         if not prompts:
             return []
-        encoded = [encode(self.tokenizer, self.render(p)) for p in prompts]
+        encoded = [encode(self.tokenizer, render_prompt(self.tokenizer, p)) for p in prompts]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in encoded],
             [self.sampling_params(params, i) for i in range(len(prompts))],

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import ConfigError, EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import Engine, SamplingParams, load_engine
 from scalequest.models import resolve_model
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
@@ -52,6 +52,11 @@ class QPODataConfig(ShardedStageConfig):
     )
     optimizer_sampling: OptimizerSampling = Field(
         default_factory=OptimizerSampling, description="Optimizer sampling (paper: temperature 0)."
+    )
+    optimizer_reply_prefix: str | None = Field(
+        None,
+        description="Text the optimizer's reply is made to start with (a prefilled assistant turn), e.g. 'Final question:'; "
+        "keeps small local optimizers to the format. hf and vllm engines only.",
     )
     directions: list[Literal["solvability", "difficulty"]] = Field(
         default_factory=lambda: list(DIRECTIONS), min_length=1, description="Directions to choose from, one at random per question."
@@ -111,6 +116,9 @@ class BuildQPOData(RowStage):
         resolve_model(self.config.generator.model)
         if self.config.optimizer.engine != "openai":
             resolve_model(self.config.optimizer.model)
+        elif self.config.optimizer_reply_prefix:
+            raise ConfigError("qpo-data: optimizer_reply_prefix needs a local optimizer engine (hf or vllm); "
+                              "OpenAI-compatible chat APIs do not continue a prefilled reply")
 
     def count_input_rows(self) -> int:
         return self.config.num
@@ -159,6 +167,9 @@ class BuildQPOData(RowStage):
             seed=sampling.seed + shard.index,
         )
         prompts = [optimizer_prompt(row["question"], direction) for row, direction in zip(originals, directions)]
+        reply_prefix = config.optimizer_reply_prefix or ""
+        if reply_prefix:
+            prompts = [prompt + [{"role": "assistant", "content": reply_prefix}] for prompt in prompts]
         outputs = self.optimizer.generate(prompts, params) if prompts else []
         for row, direction, completions in zip(originals, directions, outputs):
             result.counts[f"direction_{direction}"] += 1
@@ -166,10 +177,11 @@ class BuildQPOData(RowStage):
                 result.dropped["optimizer_failure"] += 1
                 continue
             completion = completions[0]
+            reply = reply_prefix + completion.text
             result.tokens_in += completion.prompt_tokens
             result.tokens_out += completion.completion_tokens
             result.counts["optimizer_tokens_out"] += completion.completion_tokens
-            rewrite, reason = judge_rewrite(row["question"], completion.text, completion.finish_reason, config.max_rewrite_chars)
+            rewrite, reason = judge_rewrite(row["question"], reply, completion.finish_reason, config.max_rewrite_chars)
             if reason is not None:
                 result.dropped[reason] += 1
                 continue
@@ -183,7 +195,7 @@ class BuildQPOData(RowStage):
                     "direction": direction,
                     "generator": config.generator.model,
                     "optimizer": config.optimizer.model,
-                    "optimizer_output": completion.text,
+                    "optimizer_output": reply,
                     "optimizer_finish_reason": completion.finish_reason,
                 }
             )
