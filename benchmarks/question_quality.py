@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 from scalequest import io
-from scalequest.runner import run_stage
 from scalequest.stages import qft, qpo
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
@@ -84,7 +83,7 @@ def train_chain(work: Path, args: argparse.Namespace) -> dict[str, str]:
     started = time.time()
     qft.run(qft.QFTConfig(
         output=work / "qft", model=args.base, sources=[{"path": str(args.questions), "field": "question"}],
-        max_questions=args.qft_questions, batch_size=8, logging_steps=4, progress=False,
+        max_questions=args.qft_questions, batch_size=8, learning_rate=args.qft_learning_rate, logging_steps=4, progress=False,
     ))
     models["qft"] = str(work / "qft")
     print(f"qft: {time.time() - started:.0f} s", flush=True)
@@ -126,6 +125,7 @@ def main() -> None:
     parser.add_argument("--base", default="embedded", help="the raw model (also the QPO optimizer)")
     parser.add_argument("--questions", type=Path, default=GSM8K_TRAIN, help="JSONL with a `question` field for QFT")
     parser.add_argument("--qft-questions", type=int, default=256)
+    parser.add_argument("--qft-learning-rate", type=float, default=1e-4, help="paper: 2e-5 over ~15K questions; a short run needs more")
     parser.add_argument("--qpo-questions", type=int, default=32, help="questions sampled and rewritten for QPO pairs")
     parser.add_argument("--qpo-learning-rate", type=float, default=5e-6)
     parser.add_argument("--qpo-epochs", type=float, default=2.0)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from scalequest import io
-from scalequest.config import RowStageConfig, StageConfig
+from scalequest.config import EngineConfig, RowStageConfig, StageConfig
 
 log = logging.getLogger("scalequest")
 
@@ -71,6 +71,12 @@ class RowStage:
     def required_fields(self) -> tuple[str, ...]:
         """Fields every input row must have; checked before any output is written."""
         return ()
+
+    def gpus_per_replica(self) -> int:
+        """GPUs one copy of this stage's models takes on a cluster with GPUs (the Ray executor sizes its
+        actors by it): the largest tensor-parallel size among the local engines in the config."""
+        engines = [getattr(self.config, name) for name in type(self.config).model_fields]
+        return max((e.tensor_parallel_size for e in engines if isinstance(e, EngineConfig) and e.engine != "openai"), default=0)
 
     def count_input_rows(self) -> int:
         """Read the whole input once, so a corrupt line or a missing field fails before any output."""
@@ -206,7 +212,7 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     if config.executor.kind == "ray":
         from scalequest.executors.ray import check_cluster
 
-        check_cluster(config)  # an unreachable cluster or too few GPUs fails before anything is written
+        check_cluster(stage)  # an unreachable cluster or too few GPUs fails before anything is written
     fingerprint = stage.input_fingerprint()
     rows_in_total = stage.count_input_rows()
     if prepare_output(config, fingerprint, force):

@@ -222,3 +222,23 @@ def solve_message(question: str) -> str:
 def plain_solve_prompt(question: str) -> str:
     """The same request as plain text, for base models without a chat template."""
     return f"Question: {question.strip()}\n{SOLVE_INSTRUCTION}\nAnswer:"
+
+
+def solve_prompt(question: str, chat: bool) -> str | list[dict[str, str]]:
+    """The chain-of-thought request for one question: a chat turn, or plain text for base models."""
+    return [{"role": "user", "content": solve_message(question)}] if chat else plain_solve_prompt(question)
+
+
+def uses_chat_template(engine: Any, engine_config: Any, prompt_format: str) -> bool:
+    """Whether prompts go in as chat messages: forced by prompt_format ("chat"/"plain"), else ("auto") when
+    the model's tokenizer has a chat template; an API model without a local tokenizer counts as chat."""
+    if prompt_format != "auto":
+        return prompt_format == "chat"
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None and engine_config.engine == "openai":
+        return True
+    if tokenizer is None:
+        from scalequest.models import load_tokenizer
+
+        tokenizer = load_tokenizer(engine_config.tokenizer or engine_config.model, engine_config.trust_remote_code)
+    return bool(getattr(tokenizer, "chat_template", None))

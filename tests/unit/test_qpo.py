@@ -49,7 +49,7 @@ SCRIPT = [
     lambda q: reply("This question is already perfect."),  # no marked final question
     lambda q: reply("Final question: Anne a 12 pommes. Combien en reste-t-il à Anne ?"),  # non-ASCII
     lambda q: reply("Final question: " + "Ann has many apples. " * 20 + "How many?"),  # too long (max_rewrite_chars=200)
-    lambda q: reply(f"Plan: add a step.\n### Final question\nAnn has 12 apples and gives 5 to", "length"),  # cut by the token limit
+    lambda q: reply("Plan: add a step.\n### Final question\nAnn has 12 apples and gives 5 to", "length"),  # cut by the token limit
     lambda q: reply(f"### Final question\n{REWRITE.replace('12', '15')}\n\nNote: numbers changed."),  # good
 ]
 

@@ -128,6 +128,33 @@ def test_too_many_gpus_or_cpus_are_refused_up_front(tmp_path, ray_address):
         assert not list(out.glob("shard-*"))
 
 
+def test_gpus_per_actor_come_from_whichever_models_the_stage_loads(tmp_path, tiny_model_dir, ray_address, monkeypatch):
+    """Engines, the difficulty regressor (filter-difficulty's scoring pass) and the reward model size the actors;
+    CPU-pinned models and remote engines do not."""
+    from scalequest.executors import ray as ray_executor
+    from scalequest.stages.difficulty import ScoreDifficulty, ScoreDifficultyConfig
+    from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
+    from scalequest.stages.reward import RewardSelect, RewardSelectConfig
+
+    source, executor = questions_file(tmp_path / "q.jsonl"), {"kind": "ray", "num_workers": 2}
+    stages = {
+        "filter-language": FilterLanguage(FilterLanguageConfig(input=source, output=tmp_path / "a", executor=executor)),
+        "difficulty": ScoreDifficulty(ScoreDifficultyConfig(input=source, output=tmp_path / "b", regressor="r", executor=executor)),
+        "difficulty-cpu": ScoreDifficulty(ScoreDifficultyConfig(input=source, output=tmp_path / "c", regressor="r", device="cpu", executor=executor)),
+        "reward-vllm": RewardSelect(RewardSelectConfig(input=source, output=tmp_path / "d", executor=executor,
+                                                       reward={"backend": "vllm", "tensor_parallel_size": 2})),
+        "qpo-data": BuildQPOData(QPODataConfig(output=tmp_path / "e", executor=executor, generator={"model": "g", "tensor_parallel_size": 2},
+                                               optimizer={"engine": "openai", "model": "gpt-4o-mini"})),
+    }
+    assert {name: stage.gpus_per_replica() for name, stage in stages.items()} == {
+        "filter-language": 0, "difficulty": 1, "difficulty-cpu": 0, "reward-vllm": 2, "qpo-data": 2}
+    monkeypatch.setattr(ray_executor.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    assert ray_executor.check_cluster(stages["filter-language"]) == (2, 0)
+    assert ray_executor.check_cluster(stages["difficulty"]) == (2, 1)
+    with pytest.raises(ConfigError, match=r"asks for 4 GPUs \(2 workers x 2\) but the Ray cluster has 2"):
+        ray_executor.check_cluster(stages["reward-vllm"])
+
+
 def test_an_unreachable_address_fails_fast_with_one_line(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl", count=20)
     config = FilterLanguageConfig(input=source, output=tmp_path / "out", progress=False, executor={"kind": "ray", "address": "127.0.0.1:1"})

@@ -64,7 +64,7 @@ class CannedEngine(Engine):
 def canned(engine: Engine):
     class Canned(GenerateResponses):
         def setup(self) -> None:
-            from scalequest.stages.responses import uses_chat_template
+            from scalequest.templates import uses_chat_template
 
             self.engine = engine
             self.chat = uses_chat_template(engine, self.config.engine, self.config.prompt_format)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
-from scalequest.config import ConfigError, EngineConfig
+from scalequest.config import EngineConfig
 from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, truncate_at_stop
 
 log = logging.getLogger(__name__)

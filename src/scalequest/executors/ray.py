@@ -28,7 +28,7 @@ from ray.data.datasource import Datasource, ReadTask
 from ray.util.queue import Queue
 from tqdm.auto import tqdm
 
-from scalequest.config import ConfigError, StageConfig
+from scalequest.config import ConfigError
 from scalequest.runner import RowStage, Shard, write_shard
 
 READ_CPUS = 0.1  # the one read task mostly waits on the queue; a whole CPU would starve small nodes
@@ -57,15 +57,15 @@ def connect(address: str | None) -> None:
         raise ConfigError(f"executor.address={address}: {err} (start one with `ray start --head`)") from None
 
 
-def check_cluster(config: StageConfig) -> tuple[int, float]:
+def check_cluster(stage: RowStage) -> tuple[int, float]:
     """Connect, then (actors, GPUs per actor) from the config and the cluster; refuses what it cannot hold."""
-    connect(config.executor.address)
-    executor, engine = config.executor, getattr(config, "engine", None)
+    executor = stage.config.executor
+    connect(executor.address)
     resources = ray.cluster_resources()
     cluster_gpus, cluster_cpus = resources.get("GPU", 0), resources.get("CPU", 0)
     gpus = executor.num_gpus_per_worker
-    if gpus is None:  # engine-less stages and remote servers (openai) need no GPU
-        gpus = engine.tensor_parallel_size if cluster_gpus and engine is not None and engine.engine != "openai" else 0
+    if gpus is None:  # model-less stages and remote servers (openai) need no GPU
+        gpus = stage.gpus_per_replica() if cluster_gpus else 0
     workers = executor.num_workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
     if workers * gpus > cluster_gpus:
         raise ConfigError(
@@ -184,7 +184,7 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
     first = next(shards, None)
     if first is None:  # nothing left to do: no cluster needed
         return
-    workers, gpus = check_cluster(config)
+    workers, gpus = check_cluster(stage)
     worker_stage, gpu_kwargs = worker_resources(stage, gpus)
     window = SHARDS_IN_FLIGHT_PER_WORKER * workers
     queue, credits, stop = Queue(actor_options={"num_cpus": 0}), threading.Semaphore(window), threading.Event()

@@ -45,7 +45,7 @@ from scalequest.config import ConfigError, EngineConfig, RowStageConfig, Section
 from scalequest.engines import SamplingParams, load_engine
 from scalequest.models import ModelError, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
-from scalequest.stages.solvability import uses_chat_template
+from scalequest.templates import solve_prompt, uses_chat_template
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
 log = logging.getLogger("scalequest")
@@ -210,9 +210,7 @@ class LabelDifficulty(RowStage):
         self.chat = uses_chat_template(self.engine, self.config.engine, self.config.prompt_format)
 
     def prompt(self, question: str):
-        from scalequest.templates import plain_solve_prompt, solve_message
-
-        return [{"role": "user", "content": solve_message(question)}] if self.chat else plain_solve_prompt(question)
+        return solve_prompt(question, self.chat)
 
     def process(self, shard: Shard) -> ShardResult:
         from scalequest.math import extract_answer, grade_many
@@ -506,6 +504,9 @@ class ScoreDifficulty(RowStage):
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.field,)
+
+    def gpus_per_replica(self) -> int:
+        return 0 if self.config.device == "cpu" else 1
 
     def setup(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

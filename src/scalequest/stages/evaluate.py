@@ -19,9 +19,9 @@ from pydantic import Field, field_validator
 from scalequest import io
 from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import SamplingParams, load_engine
-from scalequest.models import load_tokenizer, resolve_model
+from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
-from scalequest.templates import plain_solve_prompt, solve_message
+from scalequest.templates import solve_prompt, uses_chat_template
 
 EvaluationSampling = sampling_config("EvaluationSampling", temperature=0.0, top_p=1.0, max_new_tokens=2048)
 
@@ -108,18 +108,10 @@ class Evaluate(RowStage):
     def setup(self) -> None:
         config = self.config
         self.engine = load_engine(config.engine)
-        if config.prompt_format == "auto":
-            tokenizer = getattr(self.engine, "tokenizer", None)
-            if tokenizer is None and config.engine.engine == "openai":
-                self.chat = True  # an API model is a chat model unless told otherwise
-            else:
-                tokenizer = tokenizer or load_tokenizer(config.engine.tokenizer or config.engine.model, config.engine.trust_remote_code)
-                self.chat = bool(getattr(tokenizer, "chat_template", None))
-        else:
-            self.chat = config.prompt_format == "chat"
+        self.chat = uses_chat_template(self.engine, config.engine, config.prompt_format)
 
     def prompt(self, question: str):
-        return [{"role": "user", "content": solve_message(question)}] if self.chat else plain_solve_prompt(question)
+        return solve_prompt(question, self.chat)
 
     def process(self, shard: Shard) -> ShardResult:
         from scalequest.math import extract_answer, grade_many

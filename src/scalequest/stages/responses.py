@@ -18,11 +18,11 @@ from typing import Literal
 from pydantic import Field
 
 from scalequest.config import EngineConfig, RowStageConfig, sampling_config
-from scalequest.engines import Prompt, SamplingParams, load_engine
-from scalequest.models import load_tokenizer, resolve_model
+from scalequest.engines import SamplingParams, load_engine
+from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.stages.generate import shard_seed
-from scalequest.templates import plain_solve_prompt, solve_message
+from scalequest.templates import solve_prompt, uses_chat_template
 
 ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.95, max_new_tokens=2048, n=5)
 
@@ -59,20 +59,8 @@ class GenerateResponsesConfig(RowStageConfig):
     shard_size: int = Field(1000, ge=1, description="Questions per shard (each gives up to n response rows); the unit of resume.")
 
 
-def uses_chat_template(engine, engine_config: EngineConfig, prompt_format: str) -> bool:
-    """Whether to send questions through the chat template (prompt_format auto: when the tokenizer has one)."""
-    if prompt_format != "auto":
-        return prompt_format == "chat"
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is None and engine_config.engine == "openai":
-        return True  # an API model is a chat model unless told otherwise
-    tokenizer = tokenizer or load_tokenizer(engine_config.tokenizer or engine_config.model, engine_config.trust_remote_code)
-    return bool(getattr(tokenizer, "chat_template", None))
 
 
-def solve_prompt(question: str, chat: bool) -> Prompt:
-    """The chain-of-thought request for one question: a chat turn, or plain text for base models."""
-    return [{"role": "user", "content": solve_message(question)}] if chat else plain_solve_prompt(question)
 
 
 class GenerateResponses(RowStage):

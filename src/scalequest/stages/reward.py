@@ -401,6 +401,12 @@ class RewardSelect(RowStage):
     def required_fields(self) -> tuple[str, ...]:
         return ("question_id", "question", "response")
 
+    def gpus_per_replica(self) -> int:
+        reward = self.config.reward
+        if reward.backend == "vllm":
+            return reward.tensor_parallel_size
+        return 0 if reward.device == "cpu" else 1
+
     def count_input_rows(self) -> int:
         """Check every row, and that each question's responses are next to each other (shards never split them)."""
         source, required = self.config.input, self.required_fields()

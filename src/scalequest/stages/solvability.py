@@ -19,8 +19,9 @@ from pydantic import Field
 
 from scalequest.config import EngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import SamplingParams, load_engine
-from scalequest.models import load_tokenizer, resolve_model
+from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.templates import uses_chat_template
 
 # Our wording. No braces other than the placeholder: the question goes in with str.format.
 JUDGE_PROMPT = """You are a mathematics teacher reviewing a question that a student wrote.
@@ -105,15 +106,6 @@ def judge_prompt(question: str) -> str:
     return JUDGE_PROMPT.format(question=question.strip())
 
 
-def uses_chat_template(engine, engine_config: EngineConfig, prompt_format: str) -> bool:
-    """Whether prompts go in as chat messages: forced by prompt_format, else when the model has a template."""
-    if prompt_format != "auto":
-        return prompt_format == "chat"
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is None and engine_config.engine == "openai":
-        return True  # an API model is a chat model unless told otherwise
-    tokenizer = tokenizer or load_tokenizer(engine_config.tokenizer or engine_config.model, engine_config.trust_remote_code)
-    return bool(getattr(tokenizer, "chat_template", None))
 
 
 # --------------------------------------------------------------------------------------------------
