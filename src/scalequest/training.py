@@ -2,13 +2,16 @@
 
 Training is done by TRL / transformers trainers; this module only maps our config onto their arguments,
 checkpoints into OUTPUT/checkpoints so a killed run resumes from the last checkpoint, and saves the final
-model (LoRA merged) as a plain model directory that every engine loads.
+model (LoRA merged) as a plain model directory that every engine loads. Once the manifest is written the
+checkpoints are deleted (unless `keep_checkpoints`): they hold the weights again plus the optimizer state,
+about three times the model, and served only to resume.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +37,7 @@ class LoraOptions(Section):
 class TrainingConfig(StageConfig):
     """Fields shared by training stages; `input` is the training data, `output` the model directory."""
 
-    runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps"}
+    runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps", "keep_checkpoints"}
 
     input: Path = Field(..., description="Training data: a stage's output folder, or a .jsonl/.json/.parquet file.")
     model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
@@ -52,6 +55,7 @@ class TrainingConfig(StageConfig):
     seed: int = Field(42, description="Seed for data order and initialisation.")
     logging_steps: int = Field(10, ge=1, description="Log loss every this many steps.")
     save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (the unit of resume).")
+    keep_checkpoints: bool = Field(False, description="Keep OUTPUT/checkpoints (weights and optimizer state) after training finishes; by default they are deleted, since they only serve to resume.")
     trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
 
 
@@ -127,14 +131,19 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
     save_model(trainer, config)
     if not state.is_main_process:
         return {}
+    return finish_training(config, trainer, result, started, {
+        "input": str(config.input), "input_fingerprint": fingerprint, "rows_in": len(trainer.train_dataset),
+    })
+
+
+def finish_training(config: TrainingConfig, trainer, result, started: float, entries: dict) -> dict:
+    """Write the manifest (the stage's own `entries`, then steps, losses, time, devices), then drop the checkpoints."""
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     manifest = {
         "stage": config.stage,
         "config": config.model_dump(mode="json"),
         "config_hash": config.config_hash(),
-        "input": str(config.input),
-        "input_fingerprint": fingerprint,
-        "rows_in": len(trainer.train_dataset),
+        **entries,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "first_logged_loss": history[0]["loss"] if history else None,
@@ -147,6 +156,9 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
         "package_versions": package_versions(),
     }
     io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
+    # After the manifest: a kill during the deletion leaves a finished stage, never a half-deleted checkpoint to resume from.
+    if not config.keep_checkpoints:
+        shutil.rmtree(config.output / "checkpoints", ignore_errors=True)
     return manifest
 
 

@@ -69,3 +69,42 @@ def test_sft_names_missing_field(tmp_path, tiny_model_dir):
     with pytest.raises(DataError, match="field 'answer'"):
         sft.run(config(tmp_path, tiny_model_dir, response_field="answer"))
     assert not (tmp_path / "sft" / "checkpoints").exists()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint_then_drops_the_checkpoints(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from transformers import TrainerCallback
+
+    from scalequest.training import run_training
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Killed
+
+    def killed_run_training(config, build_trainer, **kwargs):
+        def build():
+            trainer = build_trainer()
+            trainer.add_callback(KillAtStep3())
+            return trainer
+        return run_training(config, build, **kwargs)
+
+    cfg = config(tmp_path, tiny_model_dir, max_steps=4, save_steps=2)
+    out = tmp_path / "sft"
+    monkeypatch.setattr(sft, "run_training", killed_run_training)
+    with pytest.raises(Killed):
+        sft.run(cfg)
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "manifest.json").exists()
+
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="scalequest"):
+        manifest = sft.run(cfg)
+    assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    assert manifest["steps"] == 4 and (out / "model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()  # finished: the checkpoints (weights + optimizer state) are gone
+
+    kept = sft.run(config(tmp_path, tiny_model_dir, max_steps=4, save_steps=2, keep_checkpoints=True), force=True)
+    assert kept["config_hash"] == manifest["config_hash"] and (out / "checkpoints" / "checkpoint-4").is_dir()

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import random
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import Field, create_model, model_validator
@@ -29,8 +27,8 @@ from pydantic import Field, create_model, model_validator
 from scalequest import io
 from scalequest.config import Section, StageConfig
 from scalequest.models import resolve_model
-from scalequest.runner import package_versions, prepare_output
-from scalequest.training import TrainingConfig, default_bf16, device_name, gpu_count, peft_config, save_model, trainer_arguments
+from scalequest.runner import prepare_output
+from scalequest.training import TrainingConfig, default_bf16, finish_training, peft_config, save_model, trainer_arguments
 
 log = logging.getLogger("scalequest")
 
@@ -237,11 +235,7 @@ def run(config: QFTConfig, force: bool = False) -> dict:
     save_model(trainer, config)
     if not state.is_main_process:
         return {}
-    history = [entry for entry in trainer.state.log_history if "loss" in entry]
-    manifest = {
-        "stage": config.stage,
-        "config": config.model_dump(mode="json"),
-        "config_hash": config.config_hash(),
+    return finish_training(config, trainer, result, started, {
         "input": [s.name() for s in config.sources],
         "input_fingerprint": fingerprint,
         "rows_in": len(questions),
@@ -250,16 +244,4 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         "questions_per_source": summary["questions_per_source"],
         "pre_query_prefix": prefix,
         "end_of_turn": end,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "first_logged_loss": history[0]["loss"] if history else None,
-        "last_logged_loss": history[-1]["loss"] if history else None,
-        "log_history": trainer.state.log_history,
-        "wall_seconds": round(time.time() - started, 3),
-        "devices": [device_name()],
-        "gpu_hours": round((time.time() - started) * gpu_count() / 3600, 6),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "package_versions": package_versions(),
-    }
-    io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
-    return manifest
+    })
