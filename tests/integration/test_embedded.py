@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +31,10 @@ def test_embedded_model_converts_once_and_has_a_chat_prefix():
     assert stop_strings(tokenizer) == ["<|im_end|>"]
 
 
-def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
-    """`scalequest demo` as a user runs it: configs/demo.yaml, every stage but reward-select (~6 min on 2 cores)."""
+def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, shared_data, capsys, monkeypatch):
+    """`scalequest demo` as a user runs it: configs/demo.yaml, every stage but reward-select (~6 min on 2 cores).
+    Its config reads ../shared/data relative to the working directory: the repository root, as for a user."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
