@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def regressor_from_embedded(target: Path) -> Path:
-    """The embedded chat model with a random 1-output regression head, saved once as a model folder."""
+def score_head_from_embedded(target: Path) -> Path:
+    """The embedded chat model with a random 1-output head (a regressor, or a reward model: the same shape),
+    saved once as a model folder; the head is untrained, which is fine for timing."""
     if (target / "config.json").is_file():
         return target
     import torch
@@ -50,7 +51,7 @@ def regressor_from_embedded(target: Path) -> Path:
     return target
 
 
-def tiny_regressor(target: Path) -> Path:
+def tiny_score_head(target: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     from conftest import build_tiny_model_dir
@@ -99,7 +100,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = tiny_regressor(args.cache / "tiny-difficulty") if args.tiny else regressor_from_embedded(args.cache / "smollm2-135m-difficulty")
+    model_dir = tiny_score_head(args.cache / "tiny-difficulty") if args.tiny else score_head_from_embedded(args.cache / "smollm2-135m-difficulty")
     questions = load_questions(args.questions)
     shard = Shard(0, [{"id": f"q{i}", "question": q} for i, q in enumerate(questions)])
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]

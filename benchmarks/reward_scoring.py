@@ -28,33 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
-
-
-def classifier_from_embedded(target: Path) -> Path:
-    """The embedded chat model with a random one-output score head, saved once as a plain model folder."""
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from scalequest.models import resolve_model
-
-    source = resolve_model("embedded")
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
-def tiny_classifier(target: Path) -> Path:
-    if (target / "config.json").is_file():
-        return target
-    from conftest import build_tiny_model_dir
-
-    return build_tiny_model_dir(target, head="classifier")
+sys.path.insert(0, str(REPO / "benchmarks"))
+from difficulty_scoring import score_head_from_embedded, tiny_score_head  # noqa: E402
 
 
 def load_pairs(count: int) -> list[tuple[str, str]]:
@@ -105,7 +80,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = tiny_classifier(args.cache / "tiny-reward") if args.tiny else classifier_from_embedded(args.cache / "smollm2-135m-reward")
+    model_dir = tiny_score_head(args.cache / "tiny-reward") if args.tiny else score_head_from_embedded(args.cache / "smollm2-135m-reward")
     conversations = [conversation(q, r) for q, r in load_pairs(args.pairs)]
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
     scorers = {size: ClassifierScorer(RewardModelConfig(model=str(model_dir), dtype=args.dtype, device=args.device, batch_size=size)) for size in sizes}

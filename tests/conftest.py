@@ -67,6 +67,17 @@ def build_tiny_model_dir(path: Path, head: str = "causal", seed: int = 0) -> Pat
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one torch thread, above all on a busy 2-core machine; modules that
+    train or generate use it (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

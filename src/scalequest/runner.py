@@ -12,6 +12,7 @@ import logging
 import platform
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class ShardResult:
     counts: Counter = field(default_factory=Counter)  # any other per-stage tallies
 
 
-class RowStage:
+class RowStage(ABC):
     """Base of every row-wise stage. Subclasses set `config` and implement `process`."""
 
     def __init__(self, config: StageConfig):
@@ -103,8 +104,9 @@ class RowStage:
         if batch:
             yield Shard(index, batch)
 
+    @abstractmethod
     def process(self, shard: Shard) -> ShardResult:
-        raise NotImplementedError
+        """The rows of one shard in, the rows to keep (and drop counts, tokens) out."""
 
     def finalize(self) -> dict[str, Any]:
         """Called once every shard is done: extra manifest entries (model names, summaries); may write side files."""

@@ -19,13 +19,7 @@ from scalequest.io import DataError
 from scalequest.pipeline import STAGES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def call(argv: list[str]) -> int:

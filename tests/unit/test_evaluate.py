@@ -13,13 +13,7 @@ from scalequest.runner import run_stage
 from scalequest.stages.evaluate import Evaluate, EvaluateConfig, majority_answer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedEngine(Engine):

@@ -20,14 +20,7 @@ from scalequest.templates import end_of_turn, pre_query_prefix, stop_strings
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does Tom have?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model is far faster on one thread, above all on a busy 2-core machine."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_questions(path: Path, questions: list[str], field: str = "question") -> Path:

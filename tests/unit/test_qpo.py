@@ -22,14 +22,7 @@ from scalequest.templates import pre_query_prefix
 REWRITE = "Ann has 12 apples and gives 5 to Ben. How many apples does Ann have left?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model is far faster on one thread, above all on a busy 2-core machine."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def asked_question(prompt: list[dict]) -> str:

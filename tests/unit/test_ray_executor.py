@@ -42,14 +42,8 @@ def ray_address():
     ray.shutdown()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Ray gives actors with under one CPU one thread; the local runs here use one too, so numerics match."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Ray gives actors with under one CPU one thread; the local runs here use one too, so numerics match.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

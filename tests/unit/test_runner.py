@@ -35,14 +35,7 @@ MANIFEST_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model is far faster on one thread, above all on a busy 2-core machine."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -31,6 +31,33 @@ def prepare_cpu_environment() -> None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_SPACE_GB
 
 
+def load_llm(config, extra: dict, what: str = "model", **options):
+    """(vllm.LLM, GPUs it uses) for an engine or reward-model config (model, tokenizer, dtype,
+    trust_remote_code, tensor_parallel_size, gpu_memory_utilization, max_model_len); `extra` and
+    `options` go to vllm.LLM as well. A model that cannot be loaded is one ModelError line."""
+    import torch
+
+    prepare_cpu_environment()
+    from vllm import LLM
+
+    try:
+        llm = LLM(
+            model=resolve_model(config.model),
+            tokenizer=resolve_model(config.tokenizer) if config.tokenizer else None,
+            dtype=config.dtype,  # "auto" lets vLLM pick from the checkpoint and the hardware
+            trust_remote_code=config.trust_remote_code,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+            seed=0,  # global seed only; each generation request carries its own
+            **options,
+            **extra,
+        )
+    except OSError as err:
+        raise ModelError(f"cannot load {what} {config.model!r}: {str(err).splitlines()[0]}") from None
+    return llm, config.tensor_parallel_size if torch.cuda.is_available() else 0
+
+
 class VLLMEngine(Engine):
     def __init__(self, config: EngineConfig):
         super().__init__()
@@ -38,28 +65,7 @@ class VLLMEngine(Engine):
         # Our own tokenizer builds the prompt token ids (chat template, no double BOS), exactly as the
         # hf engine does, so both engines see the same tokens and prompt token counts are exact.
         self.tokenizer = load_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
-        prepare_cpu_environment()
-        from vllm import LLM
-
-        try:
-            self.llm = LLM(
-                model=resolve_model(config.model),
-                tokenizer=resolve_model(config.tokenizer) if config.tokenizer else None,
-                # "auto" lets vLLM pick from the checkpoint and the hardware.
-                dtype=config.dtype,
-                trust_remote_code=config.trust_remote_code,
-                tensor_parallel_size=config.tensor_parallel_size,
-                gpu_memory_utilization=config.gpu_memory_utilization,
-                max_model_len=config.max_model_len,
-                # Global seed only; each request also gets its own seed from SamplingParams.seed.
-                seed=0,
-                **config.engine_kwargs,
-            )
-        except OSError as err:
-            raise ModelError(f"cannot load model {config.model!r}: {str(err).splitlines()[0]}") from None
-        import torch
-
-        self.gpus = config.tensor_parallel_size if torch.cuda.is_available() else 0
+        self.llm, self.gpus = load_llm(config, config.engine_kwargs)
 
     def sampling_params(self, params: SamplingParams, prompt_index: int):
         import vllm

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -183,14 +184,15 @@ def length_batches(lengths: list[int], size: int) -> Iterator[list[int]]:
         yield batch
 
 
-class Scorer:
+class Scorer(ABC):
     """Scores conversations; `tokens` counts the tokens scored so far and `gpus` the GPUs in use (for the manifest)."""
 
     tokens: int = 0
     gpus: int = 0
 
+    @abstractmethod
     def score(self, conversations: list[Conversation]) -> list[float]:
-        raise NotImplementedError
+        """One reward per conversation, in order."""
 
     def close(self) -> None:
         import gc
@@ -304,34 +306,14 @@ class VLLMScorer(Scorer):
     def __init__(self, config: RewardModelConfig):
         from transformers import AutoConfig
 
-        from scalequest.engines.vllm import prepare_cpu_environment
+        from scalequest.engines.vllm import load_llm
 
         self.tokenizer = load_reward_tokenizer(config)
         # Per-token reward models (InternLM2) score the position of a reward token appended to the conversation.
         model_config = AutoConfig.from_pretrained(resolve_model(config.model), trust_remote_code=config.trust_remote_code)
         self.reward_token_id = getattr(model_config, "reward_token_id", None)
-        prepare_cpu_environment()
-        from vllm import LLM
-
-        try:
-            self.llm = LLM(
-                model=resolve_model(config.model),
-                tokenizer=resolve_model(config.tokenizer) if config.tokenizer else None,
-                runner="pooling",
-                dtype=config.dtype,
-                trust_remote_code=config.trust_remote_code,
-                tensor_parallel_size=config.tensor_parallel_size,
-                gpu_memory_utilization=config.gpu_memory_utilization,
-                max_model_len=config.max_model_len,
-                seed=0,
-                **config.model_kwargs,
-            )
-        except OSError as err:
-            raise ModelError(f"cannot load reward model {config.model!r}: {str(err).splitlines()[0]}") from None
+        self.llm, self.gpus = load_llm(config, config.model_kwargs, what="reward model", runner="pooling")
         self.task = self.llm.pooling_task
-        import torch
-
-        self.gpus = config.tensor_parallel_size if torch.cuda.is_available() else 0
         if self.task not in ("classify", "token_classify"):
             raise no_score_head(config.model, list(model_config.architectures or []))
 
