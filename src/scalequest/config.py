@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -70,6 +71,14 @@ class SamplingConfig(Section):
     n: int = Field(1, ge=1, description="Completions per prompt.")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings (the template's end-of-turn always stops).")
     seed: int = Field(0, description="Random seed; each shard derives its own from it, so reruns reproduce rows.")
+
+    def params(self, seed: int, stop: Sequence[str] | None = None, n: int | None = None):
+        """The engines' SamplingParams from these fields, with a shard's own `seed`; `stop` and `n` replace
+        the configured ones where a stage fixes them."""
+        from scalequest.engines.base import SamplingParams
+
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              n=self.n if n is None else n, stop=tuple(self.stop if stop is None else stop), seed=seed)
 
 
 def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:

@@ -219,6 +219,15 @@ def solve_message(question: str) -> str:
     return f"{question.strip()}\n\n{SOLVE_INSTRUCTION}"
 
 
+# A base model given the plain prompt tends to go on with a new "Question:" of its own.
+PLAIN_SOLVE_STOP = "\nQuestion:"
+
+
+def solve_stops(chat: bool) -> tuple[str, ...]:
+    """Stop strings the solve prompt needs beyond the configured ones."""
+    return () if chat else (PLAIN_SOLVE_STOP,)
+
+
 def plain_solve_prompt(question: str) -> str:
     """The same request as plain text, for base models without a chat template."""
     return f"Question: {question.strip()}\n{SOLVE_INSTRUCTION}\nAnswer:"

@@ -42,10 +42,10 @@ from pydantic import Field, model_validator
 
 from scalequest import io, runner
 from scalequest.config import ConfigError, EngineConfig, RowStageConfig, Section, ShardedStageConfig, sampling_config
-from scalequest.engines import SamplingParams, load_engine
+from scalequest.engines import load_engine
 from scalequest.models import ModelError, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
-from scalequest.templates import solve_prompt, uses_chat_template
+from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
 log = logging.getLogger("scalequest")
@@ -216,15 +216,7 @@ class LabelDifficulty(RowStage):
         from scalequest.math import extract_answer, grade_many
 
         config, sampling = self.config, self.config.sampling
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            n=sampling.n,
-            # a base model given a plain prompt tends to go on with a new "Question:" of its own
-            stop=tuple(sampling.stop) + (() if self.chat else ("\nQuestion:",)),
-            seed=sampling.seed + shard.index,
-        )
+        params = sampling.params(sampling.seed + shard.index, stop=(*sampling.stop, *solve_stops(self.chat)))
         outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
         result = ShardResult(rows=[])
         answered = []

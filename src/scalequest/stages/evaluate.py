@@ -18,10 +18,10 @@ from pydantic import Field, field_validator
 
 from scalequest import io
 from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
-from scalequest.engines import SamplingParams, load_engine
+from scalequest.engines import load_engine
 from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
-from scalequest.templates import solve_prompt, uses_chat_template
+from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 
 EvaluationSampling = sampling_config("EvaluationSampling", temperature=0.0, top_p=1.0, max_new_tokens=2048)
 
@@ -117,15 +117,7 @@ class Evaluate(RowStage):
         from scalequest.math import extract_answer, grade_many
 
         sampling = self.config.sampling
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            n=sampling.n,
-            # a base model given a plain prompt tends to go on with a new "Question:" of its own
-            stop=tuple(sampling.stop) + (() if self.chat else ("\nQuestion:",)),
-            seed=sampling.seed + shard.index,
-        )
+        params = sampling.params(sampling.seed + shard.index, stop=(*sampling.stop, *solve_stops(self.chat)))
         started = time.time()
         outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
         per_row_seconds = (time.time() - started) / max(len(shard.rows), 1)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pydantic import Field
 
 from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
-from scalequest.engines import SamplingParams, load_engine
+from scalequest.engines import load_engine
 from scalequest.models import load_tokenizer, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import pre_query_prefix, stop_strings
@@ -75,14 +75,7 @@ class GenerateQuestions(RowStage):
 
     def process(self, shard: Shard) -> ShardResult:
         sampling = self.config.sampling
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            n=sampling.n,
-            stop=self.stop,
-            seed=shard_seed(sampling.seed, shard.index),
-        )
+        params = sampling.params(shard_seed(sampling.seed, shard.index), stop=self.stop)
         # Every prompt is the same prefix; with n > 1 each prompt gives n rows (vLLM shares the prefix).
         outputs = self.engine.generate([self.prompt] * -(-len(shard.rows) // params.n), params)
         result = ShardResult(rows=[])

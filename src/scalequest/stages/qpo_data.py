@@ -26,7 +26,7 @@ from pydantic import Field
 
 from scalequest import io
 from scalequest.config import ConfigError, EngineConfig, ShardedStageConfig, sampling_config
-from scalequest.engines import Engine, SamplingParams, load_engine
+from scalequest.engines import Engine, load_engine
 from scalequest.models import resolve_model
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
 from scalequest.runner import RowStage, Shard, ShardResult
@@ -159,13 +159,7 @@ class BuildQPOData(RowStage):
                 result.dropped["empty_original"] += 1
         directions = [choose_direction(config.seed, row["id"], config.directions) for row in originals]
         sampling = config.optimizer_sampling
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            stop=tuple(sampling.stop),
-            seed=sampling.seed + shard.index,
-        )
+        params = sampling.params(sampling.seed + shard.index, n=1)
         prompts = [optimizer_prompt(row["question"], direction) for row, direction in zip(originals, directions)]
         reply_prefix = config.optimizer_reply_prefix or ""
         if reply_prefix:

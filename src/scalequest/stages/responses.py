@@ -18,11 +18,11 @@ from typing import Literal
 from pydantic import Field
 
 from scalequest.config import EngineConfig, RowStageConfig, sampling_config
-from scalequest.engines import SamplingParams, load_engine
+from scalequest.engines import load_engine
 from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.stages.generate import shard_seed
-from scalequest.templates import solve_prompt, uses_chat_template
+from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 
 ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.95, max_new_tokens=2048, n=5)
 
@@ -30,9 +30,6 @@ ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.
 # row has its own), and the solvability judge's whole output, which would be repeated n times (it stays in
 # filter-solvability's output; its verdict is copied).
 QUESTION_BOOKKEEPING = {"id", "prompt", "prompt_tokens", "completion_tokens", "finish_reason", "sampling", "solvability_judgement"}
-
-# A base model answering a plain prompt tends to go on with a question of its own.
-PLAIN_STOP = "\nQuestion:"
 
 
 class GenerateResponsesConfig(RowStageConfig):
@@ -87,14 +84,7 @@ class GenerateResponses(RowStage):
         from scalequest.math import extract_answer
 
         sampling = self.config.sampling
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            n=sampling.n,
-            stop=tuple(sampling.stop) + (() if self.chat else (PLAIN_STOP,)),
-            seed=shard_seed(sampling.seed, shard.index),
-        )
+        params = sampling.params(shard_seed(sampling.seed, shard.index), stop=(*sampling.stop, *solve_stops(self.chat)))
         questions = [row[self.config.question_field] for row in shard.rows]
         outputs = self.engine.generate([solve_prompt(q, self.chat) for q in questions], params)
         result = ShardResult(rows=[])

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from scalequest.config import EngineConfig, RowStageConfig, sampling_config
-from scalequest.engines import SamplingParams, load_engine
+from scalequest.engines import load_engine
 from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import uses_chat_template
@@ -140,14 +140,7 @@ class FilterSolvability(RowStage):
                 to_judge.append(row)
             else:
                 result.dropped["empty"] += 1
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-            n=1,  # one verdict per question; greedy by default
-            stop=tuple(sampling.stop),
-            seed=sampling.seed + shard.index,
-        )
+        params = sampling.params(sampling.seed + shard.index, n=1)  # one verdict per question; greedy by default
         outputs = self.engine.generate([self.prompt(row[config.field]) for row in to_judge], params) if to_judge else []
         for row, completions in zip(to_judge, outputs):
             if not completions:
