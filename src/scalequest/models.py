@@ -68,8 +68,23 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def resolve_model(name: str) -> str:
-    """Return what `from_pretrained` should load: a local directory or a Hub id."""
+def resolve_model(name: str, revision: str | None = None) -> str:
+    """Return what `from_pretrained` should load: a local directory or a Hub id.
+
+    With a `revision` (branch, tag or commit) a Hub model is fetched at that revision (or found in the local
+    Hugging Face cache offline) and its snapshot folder returned, so every loader, vLLM included, reads
+    exactly that commit without each call site passing the revision on.
+    """
+    if revision is not None:
+        if name == EMBEDDED or Path(name).expanduser().exists():
+            raise ModelError(f"model {name!r} is not a Hub id; a revision applies to Hugging Face Hub models only")
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(name, revision=revision)
+        except Exception as err:  # noqa: BLE001 - offline, unknown repo or revision, gated: one line each
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ModelError(f"cannot fetch model {name!r} at revision {revision!r}: {reason}") from None
     if name == EMBEDDED:
         if embedded_gguf() is None:
             return EMBEDDED_HUB_ID
@@ -85,10 +100,48 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def hub_commit(name: str, revision: str | None = None) -> str | None:
+    """The commit a Hub model name (and revision) resolved to, read from the local Hugging Face cache after
+    loading; None for local folders, the embedded model, or a model not in the cache."""
+    if name == EMBEDDED or Path(name).expanduser().exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a name that is no valid repo id has no commit to record
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
+def model_provenance(config) -> dict[str, dict]:
+    """{field path: {model, revision, commit}} for every model a config names (engines, trained base models,
+    reward models, regressors), for the manifest: what exactly produced the output."""
+    from pydantic import BaseModel
+
+    found: dict[str, dict] = {}
+
+    def visit(node: BaseModel, prefix: str) -> None:
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if isinstance(value, BaseModel):
+                visit(value, f"{prefix}{name}.")
+            elif name in MODEL_FIELDS and isinstance(value, str):
+                revision = getattr(node, MODEL_FIELDS[name], None)
+                found[prefix + name] = {"model": value, "revision": revision, "commit": hub_commit(value, revision)}
+
+    visit(config, "")
+    return found
+
+
+# Config fields naming a model -> the field holding its revision.
+MODEL_FIELDS = {"model": "revision", "regressor": "regressor_revision"}
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    source = resolve_model(name)
+    source = resolve_model(name, revision)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:

@@ -25,6 +25,7 @@ import yaml
 
 from scalequest import io
 from scalequest.config import EngineConfig, RowStageConfig, StageConfig
+from scalequest.models import model_provenance
 
 log = logging.getLogger("scalequest")
 
@@ -87,7 +88,7 @@ class RowStage(ABC):
         for count, row in enumerate(io.read_rows(self.config.input), start=1):
             missing = [name for name in required if name not in row]
             if missing:
-                raise io.DataError(f"input {self.config.input}: row {row['id']} has no field {missing[0]!r}")
+                raise io.DataError(f"input {self.config.input}: row {row['id']} has no field {missing[0]!r} (fields: {', '.join(row)})")
         return count
 
     def input_shards(self) -> Iterator[Shard]:
@@ -198,8 +199,9 @@ def write_shard(out: Path, shard: Shard, result: ShardResult, seconds: float, de
 def check_input_finished(config: StageConfig) -> None:
     """An input folder whose stage never finished would silently give a partial dataset: name that stage."""
     source = getattr(config, "input", None)
-    if source is not None and Path(source).is_dir() and (Path(source) / io.CONFIG).is_file() and io.read_manifest(Path(source)) is None:
-        saved = yaml.safe_load((Path(source) / io.CONFIG).read_text()) or {}
+    folder = io.stage_folder(source) if source is not None else None
+    if folder is not None and io.read_manifest(folder) is None:
+        saved = yaml.safe_load((folder / io.CONFIG).read_text()) or {}
         raise io.DataError(
             f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that stage first"
         )
@@ -263,7 +265,8 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
         devices.add(stats.get("device", "cpu"))
         dropped.update(stats["dropped"])
         counts.update(stats["counts"])
-    input_manifest = io.read_manifest(config.input) if isinstance(config, RowStageConfig) and config.input.is_dir() else None
+    input_folder = io.stage_folder(config.input) if isinstance(config, RowStageConfig) else None
+    input_manifest = io.read_manifest(input_folder) if input_folder else None
     return {
         "stage": config.stage,
         "config": config.model_dump(mode="json"),
@@ -282,6 +285,7 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
         "wall_seconds": round(totals["seconds"], 3),
         "last_run_seconds": round(time.time() - started, 3),
         "devices": sorted(devices),
+        "models": model_provenance(config),
         "gpu_hours": round(totals["gpu_seconds"] / 3600, 6),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),

@@ -249,5 +249,5 @@ def uses_chat_template(engine: Any, engine_config: Any, prompt_format: str) -> b
     if tokenizer is None:
         from scalequest.models import load_tokenizer
 
-        tokenizer = load_tokenizer(engine_config.tokenizer or engine_config.model, engine_config.trust_remote_code)
+        tokenizer = load_tokenizer(engine_config.tokenizer_path(), engine_config.trust_remote_code)
     return bool(getattr(tokenizer, "chat_template", None))

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import Section, StageConfig
+from scalequest.config import DataSource, Section, StageConfig
+from scalequest.models import model_provenance
 from scalequest.runner import package_versions, prepare_output
 
 log = logging.getLogger("scalequest")
@@ -39,8 +40,9 @@ class TrainingConfig(StageConfig):
 
     runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps", "keep_checkpoints"}
 
-    input: Path = Field(..., description="Training data: a stage's output folder, or a .jsonl/.json/.parquet file.")
+    input: DataSource = Field(..., description="Training data: a stage's output folder or file, {bundled: NAME} or {hub: ID, ...}.")
     model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`; default: main.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
@@ -151,6 +153,7 @@ def finish_training(config: TrainingConfig, trainer, result, started: float, ent
         "log_history": trainer.state.log_history,
         "wall_seconds": round(time.time() - started, 3),
         "devices": [device_name()],
+        "models": model_provenance(config),
         "gpu_hours": round((time.time() - started) * gpu_count() / 3600, 6),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
@@ -187,7 +190,7 @@ def save_model(trainer, config: TrainingConfig) -> None:
         trainer.processing_class.save_pretrained(config.output)
 
 
-def read_examples(source: Path, fields: tuple[str, ...]) -> list[dict]:
+def read_examples(source: DataSource, fields: tuple[str, ...]) -> list[dict]:
     """Rows of a training input, each checked for the fields the stage needs (named by row id when missing)."""
     rows = []
     for row in io.read_rows(source):

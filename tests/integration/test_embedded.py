@@ -31,11 +31,15 @@ def test_embedded_model_converts_once_and_has_a_chat_prefix():
     assert stop_strings(tokenizer) == ["<|im_end|>"]
 
 
-def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, shared_data, capsys, monkeypatch):
-    """`scalequest demo` as a user runs it: configs/demo.yaml, every stage but reward-select (~6 min on 2 cores).
-    Its config reads ../shared/data relative to the working directory: the repository root, as for a user."""
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    out = tmp_path / "demo"
+def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, monkeypatch):
+    """`scalequest demo` as a user runs it on a fresh machine: configs/demo.yaml, every stage but reward-select
+    (~6 min on 2 cores), from an empty folder with nothing beside it and the Hub unreachable: it reads only the
+    data bundled with the package."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    out = Path("demo")
     assert main(["demo", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Funnel:" in printed and "Sample questions:" in printed and "| gsm8k | 2 |" in printed
@@ -50,6 +54,8 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, shared_dat
     assert manifests["qpo-data"]["rows_out"] >= 1 and manifests["qpo"]["steps"] >= 1
     assert manifests["export"]["rows_out"] >= 1 and (out / "export" / "README.md").is_file()
     assert (out / "sft" / "model.safetensors").is_file()
+    assert manifests["evaluate"]["summary"][0]["source"] == "bundled:gsm8k_test"
+    assert manifests["qft"]["input"] == ["bundled:gsm8k_train"]
     # A second run finds every stage finished and skips it.
     assert main(["demo", "--output-dir", str(out)]) == 0
     assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]

@@ -14,7 +14,7 @@ import yaml
 
 from scalequest import io
 from scalequest.cli import EXIT_BAD_INPUT, main
-from scalequest.config import ConfigError, Section
+from scalequest.config import ConfigError, DataSource, Section
 from scalequest.io import DataError
 from scalequest.pipeline import STAGES
 
@@ -44,7 +44,7 @@ def leaf_fields(cls: type[Section], prefix: str = "", defaults=None):
         else:
             value = None if info.is_required() else info.get_default(call_default_factory=True)
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section):
+        if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource:
             yield from leaf_fields(annotation, f"{prefix}{name}.", value)
             continue
         shown = "(required)" if defaults is None and info.is_required() else json.dumps(value, default=str)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from scalequest.config import (
+    DataSource,
     ConfigError,
     EngineConfig,
     SamplingConfig,
@@ -121,7 +122,7 @@ def test_yaml_plus_overrides_with_typed_values(tmp_path):
 
 def test_overrides_without_yaml(tmp_path):
     config = load_config(FilterLanguageConfig, None, [f"input={tmp_path}/in.jsonl", f"output={tmp_path}/o", "ascii_only=no"])
-    assert config.input == tmp_path / "in.jsonl"
+    assert config.input.path == tmp_path / "in.jsonl"
     assert config.ascii_only is False
 
 
@@ -273,7 +274,8 @@ def walk_fields(cls: type[Section], prefix: str = ""):
     """(dotted key, FieldInfo, is_section) for every field, recursively."""
     for name, info in cls.model_fields.items():
         annotation = info.annotation
-        is_section = isinstance(annotation, type) and issubclass(annotation, Section)
+        # A data source is one value on the command line (input=PATH or input={hub: ...}), not a section.
+        is_section = isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource
         yield prefix + name, info, is_section
         if is_section:
             yield from walk_fields(annotation, f"{prefix}{name}.")
@@ -346,7 +348,7 @@ def test_every_shipped_yaml_loads_as_a_pipeline(path):
             assert config.output == pipeline.output_dir / name
         sources = [s for s in WIRING.get(name, {}).get("input", ()) if s in outputs]
         if sources and "input" not in body:
-            assert config.input == outputs[sources[0]]  # wired to the preferred earlier stage
+            assert config.input.path == outputs[sources[0]]  # wired to the preferred earlier stage
         outputs[name] = config.output
 
 
@@ -359,7 +361,7 @@ def test_pipeline_overrides_reach_one_stage(tmp_path):
     gen, filt = dict(stages)["generate-questions"], dict(stages)["filter-language"]
     assert gen.num == 4 and gen.sampling.seed == 9 and gen.sampling.top_p == 0.99
     assert gen.output == tmp_path / "other" / "generate-questions"
-    assert filt.input == gen.output and filt.output == tmp_path / "other" / "filter-language"
+    assert filt.input.path == gen.output and filt.output == tmp_path / "other" / "filter-language"
 
 
 def test_pipeline_unknown_key_in_a_stage_names_stage_key_and_file(tmp_path):

@@ -152,21 +152,21 @@ def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
 
     calls = []
 
-    def load_dataset(name, config_name, split):
+    def load_dataset(name, config_name, split, revision=None):
         calls.append((name, config_name, split))
         return datasets.Dataset.from_list(LABELLED)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(difficulty, "load_engine", lambda config: CannedSolver(SOLUTIONS))
-    manifest = LabelDifficulty.run(label_config(tmp_path, input="openai/gsm8k", hub_config="main"))
+    manifest = LabelDifficulty.run(label_config(tmp_path, input={"hub": "openai/gsm8k", "config": "main"}))
     assert calls[0] == ("openai/gsm8k", "main", "train")
     assert [row["id"] for row in io.load_rows(tmp_path / "labels")] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
-    assert manifest["input"] == "openai/gsm8k" and manifest["input_fingerprint"]
+    assert manifest["input"] == "openai/gsm8k[main]:train" and manifest["input_fingerprint"]
 
 
 def test_label_names_an_unreachable_hub_dataset(tmp_path):
-    with pytest.raises(DataError, match="input someone/no-such-dataset is neither a local file or folder nor a loadable Hub dataset"):
-        LabelDifficulty.run(label_config(tmp_path, input="someone/no-such-dataset"))
+    with pytest.raises(DataError, match="Hub dataset someone/no-such-dataset: the Hugging Face Hub could not be reached"):
+        LabelDifficulty.run(label_config(tmp_path, input={"hub": "someone/no-such-dataset"}))
     assert not (tmp_path / "labels").exists()
 
 

@@ -72,6 +72,8 @@ def test_rows_and_summary(tmp_path, shared_data):
     summary = {s["benchmark"]: s for s in manifest["summary"]}
     assert summary["gsm8k"]["n"] == 2 and summary["gsm8k"]["accuracy"] == 100.0
     assert summary["average"]["n"] == 4
+    # Which copy was graded: both are bundled with the package, so no data_dir or Hub is needed.
+    assert summary["gsm8k"]["source"] == "bundled:gsm8k_test" and summary["math500"]["source"] == "bundled:math500_test"
     saved = json.loads((out / "summary.json").read_text())
     assert saved["benchmarks"] == manifest["summary"]
     assert "| gsm8k | 2 | 100.0 |" in (out / "summary.md").read_text()

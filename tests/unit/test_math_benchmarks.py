@@ -105,20 +105,20 @@ def test_missing_file_offline_gives_one_clear_line(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(BenchmarkError) as error:
-        load_benchmark("math500", data_dir=tmp_path)
+        load_benchmark("aime24", data_dir=tmp_path)
     message = str(error.value)
     assert "\n" not in message
-    assert str(tmp_path / "math500_test.jsonl") in message
-    assert "HuggingFaceH4/MATH-500" in message
+    assert str(tmp_path / "aime24_test.jsonl") in message
+    assert "HuggingFaceH4/aime_2024" in message
     assert "data_dir=" in message
 
 
 def test_corrupt_line_names_file_and_line(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "gsm8k_test.jsonl", [{"question": "q", "answer": "x\n#### 1"}])
+    path = _write_jsonl(tmp_path / "amc23_test.jsonl", [{"question": "q", "answer": "1"}])
     with path.open("a", encoding="utf-8") as file:
         file.write('{"question": "broken", "answer": \n')
-    with pytest.raises(BenchmarkError, match=r"gsm8k_test\.jsonl, line 2"):
-        load_benchmark("gsm8k", data_dir=tmp_path)
+    with pytest.raises(BenchmarkError, match=r"amc23_test\.jsonl, line 2"):
+        load_benchmark("amc23", data_dir=tmp_path)
 
 
 def test_non_object_line_is_an_error(tmp_path: Path) -> None:
@@ -129,17 +129,17 @@ def test_non_object_line_is_an_error(tmp_path: Path) -> None:
 
 def test_rows_without_gold_are_skipped_with_a_warning(tmp_path: Path) -> None:
     _write_jsonl(
-        tmp_path / "gsm8k_test.jsonl",
+        tmp_path / "minerva_math_test.jsonl",
         [
-            {"question": "one", "answer": "1+1=2\n#### 2"},
-            {"question": "no marker", "answer": "just text"},
-            {"question": "no answer"},
-            {"question": "big", "answer": "...\n#### 1,234"},
+            {"problem": "one", "solution": "1+1=\\boxed{2}"},
+            {"problem": "no box", "solution": "just text"},
+            {"problem": "no solution"},
+            {"problem": "big", "solution": "... \\boxed{1234}"},
         ],
     )
     with pytest.warns(UserWarning, match="skipped 2 row"):
-        rows = load_benchmark("gsm8k", data_dir=tmp_path)
-    assert [(row["id"], row["gold"]) for row in rows] == [("gsm8k-0", "2"), ("gsm8k-3", "1234")]
+        rows = load_benchmark("minerva_math", data_dir=tmp_path)
+    assert [(row["id"], row["gold"]) for row in rows] == [("minerva_math-0", "2"), ("minerva_math-3", "1234")]
 
 
 def test_olympiadbench_skips_empty_final_answer(tmp_path: Path) -> None:

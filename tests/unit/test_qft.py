@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from scalequest.config import EngineConfig
+from scalequest.config import DataSource, EngineConfig
 from scalequest.engines import SamplingParams
 from scalequest.io import DataError
 from scalequest.stages import qft
@@ -95,22 +95,22 @@ def test_missing_field_names_the_file_and_field(tmp_path, tiny_model_dir):
 
 
 def test_source_needs_exactly_one_location():
-    with pytest.raises(ValidationError, match="exactly one of 'path' or 'hub'"):
-        qft.QuestionSource(field="question")
-    with pytest.raises(ValidationError, match="exactly one of 'path' or 'hub'"):
-        qft.QuestionSource(path="a.jsonl", hub="openai/gsm8k")
+    with pytest.raises(ValidationError, match="exactly one of 'path', 'bundled' or 'hub'"):
+        DataSource(fields={"question": "problem"})
+    with pytest.raises(ValidationError, match="exactly one of 'path', 'bundled' or 'hub'"):
+        DataSource(path="a.jsonl", hub="openai/gsm8k")
 
 
 def test_unreachable_hub_source_is_one_clear_error(tmp_path, tiny_model_dir):
     cfg = qft.QFTConfig(output=tmp_path / "qft", model=str(tiny_model_dir),
-                        sources=[{"hub": "scalequest-test/no-such-dataset", "field": "question"}])
-    with pytest.raises(DataError, match="cannot load question source scalequest-test/no-such-dataset:train"):
+                        sources=[{"hub": "scalequest-test/no-such-dataset"}])
+    with pytest.raises(DataError, match="Hub dataset scalequest-test/no-such-dataset: the Hugging Face Hub could not be reached"):
         qft.run(cfg)
     assert not (tmp_path / "qft").exists()
 
 
 def test_default_sources_are_the_papers():
-    names = [s.name() for s in qft.QFTConfig(output="x").sources]
+    names = [str(s) for s in qft.QFTConfig(output="x").sources]
     assert names == ["openai/gsm8k[main]:train", "DigitalLearningGmbH/MATH-lighteval:train"]
 
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from scalequest.config import EngineConfig
 from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, render_prompt, truncate_at_stop
-from scalequest.models import ModelError, resolve_model
+from scalequest.models import ModelError
 
 
 @lru_cache(maxsize=1)
@@ -37,11 +37,9 @@ def load_causal_lm(config: EngineConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = pick_device_and_dtype(config.device, config.dtype)
-    source = resolve_model(config.model)
+    source = config.model_path()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model(config.tokenizer or config.model), trust_remote_code=config.trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path(), trust_remote_code=config.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=config.trust_remote_code, **config.engine_kwargs
         )

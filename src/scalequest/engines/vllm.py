@@ -42,7 +42,7 @@ def load_llm(config, extra: dict, what: str = "model", **options):
 
     try:
         llm = LLM(
-            model=resolve_model(config.model),
+            model=resolve_model(config.model, config.revision),
             tokenizer=resolve_model(config.tokenizer) if config.tokenizer else None,
             dtype=config.dtype,  # "auto" lets vLLM pick from the checkpoint and the hardware
             trust_remote_code=config.trust_remote_code,
@@ -64,7 +64,7 @@ class VLLMEngine(Engine):
         self.config = config
         # Our own tokenizer builds the prompt token ids (chat template, no double BOS), exactly as the
         # hf engine does, so both engines see the same tokens and prompt token counts are exact.
-        self.tokenizer = load_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
+        self.tokenizer = load_tokenizer(config.tokenizer_path(), trust_remote_code=config.trust_remote_code)
         self.llm, self.gpus = load_llm(config, config.engine_kwargs)
 
     def sampling_params(self, params: SamplingParams, prompt_index: int):

@@ -1,16 +1,18 @@
-"""Evaluation benchmarks: questions with their gold answers, from local JSONL files or the Hub.
+"""Evaluation benchmarks: questions with their gold answers, bundled, from local JSONL files, or from the Hub.
 
 `load_benchmark(name)` returns rows `{"id", "benchmark", "question", "gold"}` where `gold` is a string
-ready for `answers_match`. Where the data comes from, in order:
+ready for `answers_match`. Where the data comes from, in order (`benchmark_source` says which was used):
 
-1. `{data_dir}/{name}_test.jsonl`. `data_dir` is the argument, else the environment variable
-   `SCALEQUEST_DATA_DIR`, else `../shared/data/benchmarks` relative to the current directory when that
-   folder exists. A folder that holds a `benchmarks/` subfolder (the data root) works too.
-2. Otherwise the public Hugging Face Hub copy named in `BENCHMARKS` (needs internet).
-3. Otherwise `BenchmarkError`, saying where it looked and how to provide the data.
+1. The copy bundled with the package (GSM8K test and MATH500, so evaluation and decontamination work
+   offline on any machine).
+2. `{data_dir}/{name}_test.jsonl`. `data_dir` is the argument, else the environment variable
+   `SCALEQUEST_DATA_DIR`. A folder that holds a `benchmarks/` subfolder (the data root) works too.
+3. Otherwise the public Hugging Face Hub copy named in `BENCHMARKS` (needs internet or a cached copy).
+4. Otherwise `BenchmarkError`, saying where it looked and how to provide the data.
 
 Each benchmark stores its gold answer differently; `BENCHMARKS[name].gold` turns a raw row into the
-gold string (see the `_gold_*` functions below).
+gold string (see the `_gold_*` functions below). A Hub copy may store it under other fields than the
+files evaluation repositories distribute (`hub_question_field`, `hub_gold`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scalequest import io
+from scalequest.config import DataSource
 from scalequest.math.answers import last_boxed
 
 DATA_DIR_ENV = "SCALEQUEST_DATA_DIR"
@@ -120,29 +124,38 @@ def _gold_minerva(row: dict[str, Any]) -> str | None:
 class BenchmarkSpec:
     """Where a benchmark lives and how to read its question and gold answer."""
 
-    file_name: str  # local JSONL inside the data folder
-    hub_id: str  # public Hugging Face dataset, for users with internet
-    hub_split: str
-    hub_config: str | None
+    file_name: str  # local JSONL inside the data folder, in the layout evaluation repositories distribute
     question_field: str
     gold: Callable[[dict[str, Any]], str | None]
+    hub: DataSource  # public Hugging Face dataset (id, config, split), for users with internet
+    hub_question_field: str | None = None  # where the Hub copy's fields differ from the local file's
+    hub_gold: Callable[[dict[str, Any]], str | None] | None = None
+    bundled: str | None = None  # name of the copy shipped with the package, if any
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "gsm8k": BenchmarkSpec("gsm8k_test.jsonl", "openai/gsm8k", "test", "main", "question", _gold_gsm8k),
-    "math500": BenchmarkSpec("math500_test.jsonl", "HuggingFaceH4/MATH-500", "test", None, "problem", _gold_field("answer")),
+    "gsm8k": BenchmarkSpec(
+        "gsm8k_test.jsonl", "question", _gold_gsm8k, DataSource(hub="openai/gsm8k", config="main", split="test"), bundled="gsm8k_test"
+    ),
+    "math500": BenchmarkSpec(
+        "math500_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/MATH-500", split="test"), bundled="math500_test"
+    ),
     "college_math": BenchmarkSpec(
-        "college_math_test.jsonl", "di-zhang-fdu/College_Math_Test", "test", None, "question", _gold_college_math
+        "college_math_test.jsonl", "question", _gold_college_math, DataSource(hub="di-zhang-fdu/College_Math_Test", split="test")
     ),
     "olympiadbench": BenchmarkSpec(
-        "olympiadbench_test.jsonl", "Hothan/OlympiadBench", "train", "OE_TO_maths_en_COMP", "question", _gold_olympiadbench
+        "olympiadbench_test.jsonl", "question", _gold_olympiadbench,
+        DataSource(hub="Hothan/OlympiadBench", config="OE_TO_maths_en_COMP", split="train"),
     ),
-    "gsm_hard": BenchmarkSpec("gsm_hard_test.jsonl", "reasoning-machines/gsm-hard", "train", None, "input", _gold_field("target")),
+    "gsm_hard": BenchmarkSpec("gsm_hard_test.jsonl", "input", _gold_field("target"), DataSource(hub="reasoning-machines/gsm-hard", split="train")),
+    # The local file is the OCW set as evaluation repositories ship it (problem + boxed solution); the Hub
+    # copy holds the question and the final answer in their own fields.
     "minerva_math": BenchmarkSpec(
-        "minerva_math_test.jsonl", "svc-huggingface/minerva-math", "test", None, "problem", _gold_minerva
+        "minerva_math_test.jsonl", "problem", _gold_minerva, DataSource(hub="math-ai/minervamath", split="test"),
+        hub_question_field="question", hub_gold=_gold_field("answer"),
     ),
-    "aime24": BenchmarkSpec("aime24_test.jsonl", "HuggingFaceH4/aime_2024", "train", None, "problem", _gold_field("answer")),
-    "amc23": BenchmarkSpec("amc23_test.jsonl", "math-ai/amc23", "test", None, "question", _gold_field("answer")),
+    "aime24": BenchmarkSpec("aime24_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/aime_2024", split="train")),
+    "amc23": BenchmarkSpec("amc23_test.jsonl", "question", _gold_field("answer"), DataSource(hub="math-ai/amc23", split="test")),
 }
 
 
@@ -152,12 +165,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def default_data_dir() -> Path | None:
-    """`$SCALEQUEST_DATA_DIR`, else `../shared/data/benchmarks` (from the current directory) if it exists."""
+    """`$SCALEQUEST_DATA_DIR` when set."""
     from_env = os.environ.get(DATA_DIR_ENV)
-    if from_env:
-        return Path(from_env)
-    shared = Path("..") / "shared" / "data" / "benchmarks"
-    return shared if shared.is_dir() else None
+    return Path(from_env) if from_env else None
 
 
 def _local_file(data_dir: Path, file_name: str) -> Path:
@@ -183,18 +193,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_hub(name: str, spec: BenchmarkSpec, local_path: Path | None) -> list[dict[str, Any]]:
-    try:
-        from datasets import load_dataset
+def benchmark_source(name: str, data_dir: str | Path | None = None) -> DataSource:
+    """Where `load_benchmark` reads `name` from: the bundled copy, else a file in `data_dir`, else the Hub."""
+    spec = BENCHMARKS.get(name)
+    if spec is None:
+        raise BenchmarkError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    if spec.bundled is not None:
+        return DataSource(bundled=spec.bundled)
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    local_path = _local_file(folder, spec.file_name) if folder is not None else None
+    return DataSource(path=local_path) if local_path is not None and local_path.is_file() else spec.hub
 
-        dataset = load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
-    except Exception as error:  # noqa: BLE001 - offline, missing package, gated repo: all mean "not available"
-        where = f"no file {local_path}" if local_path else f"no local data folder (${DATA_DIR_ENV} unset, ../shared/data/benchmarks absent)"
-        reason = (str(error).splitlines() or [""])[0][:200]
+
+def _read_hub(name: str, spec: BenchmarkSpec, data_dir: str | Path | None) -> list[dict[str, Any]]:
+    try:
+        dataset = io.load_hub(spec.hub.hub, spec.hub.config, spec.hub.split, spec.hub.revision)
+    except io.DataError as error:
+        folder = Path(data_dir) if data_dir is not None else default_data_dir()
+        where = f"no file {_local_file(folder, spec.file_name)}" if folder else f"no local data folder (${DATA_DIR_ENV} unset)"
         raise BenchmarkError(
-            f"benchmark {name!r}: {where}, and the Hub dataset {spec.hub_id} could not be loaded "
-            f"({type(error).__name__}: {reason}); pass data_dir=... (or set ${DATA_DIR_ENV}) to a folder "
-            f"holding {spec.file_name}, or run with internet access"
+            f"benchmark {name!r}: {where}, and {error}; pass data_dir=... (or set ${DATA_DIR_ENV}) to a folder holding {spec.file_name}"
         ) from None
     return [dict(row) for row in dataset]
 
@@ -205,26 +223,24 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
     `index` is the row's position in the source, so ids stay stable when rows are skipped or `limit`
     is set. Rows without a question or gold answer are skipped with one warning giving the count.
     """
-    spec = BENCHMARKS.get(name)
-    if spec is None:
-        raise BenchmarkError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    source = benchmark_source(name, data_dir)
+    spec = BENCHMARKS[name]
     if limit is not None and limit < 0:
         raise BenchmarkError(f"limit must be >= 0, got {limit}")
-
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    local_path = _local_file(folder, spec.file_name) if folder is not None else None
-    if local_path is not None and local_path.is_file():
-        raw_rows = _read_jsonl(local_path)
+    question_field, read_gold = spec.question_field, spec.gold
+    if source.hub is not None:
+        raw_rows = _read_hub(name, spec, data_dir)
+        question_field, read_gold = spec.hub_question_field or question_field, spec.hub_gold or read_gold
     else:
-        raw_rows = _read_hub(name, spec, local_path)
+        raw_rows = _read_jsonl(io.bundled_file(source.bundled) if source.bundled else source.path)
 
     rows: list[dict[str, Any]] = []
     skipped = 0
     for index, raw in enumerate(raw_rows):
         if limit is not None and len(rows) >= limit:
             break
-        question = raw.get(spec.question_field)
-        gold = spec.gold(raw)
+        question = raw.get(question_field)
+        gold = read_gold(raw)
         if not isinstance(question, str) or not question.strip() or not gold:
             skipped += 1
             continue

@@ -43,7 +43,7 @@ class DecontaminateConfig(RowStageConfig):
         description="Test sets to check against (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, amc23).",
     )
     data_dir: Path | None = Field(
-        None, description="Folder with the benchmark JSONL files; default $SCALEQUEST_DATA_DIR or ../shared/data/benchmarks; else the Hub."
+        None, description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); else the Hub."
     )
     ngram: int = Field(13, ge=1, description="Words per n-gram (paper: 13).")
     fields: list[str] = Field(["question"], description="Row fields whose text is checked (each on its own).")
@@ -186,10 +186,13 @@ class Decontaminate(RowStage):
         def clean(key: str) -> float | None:
             return round(1 - counts.get(key, 0) / rows_in, 6) if rows_in else None
 
+        from scalequest.math import benchmark_source
+
         return {
             "ngram": self.config.ngram,
             "clean_ratio": {**{b.name: clean(f"overlap:{b.name}") for b in self.index}, "all": clean("contaminated")},
             "benchmark_questions": {b.name: len(b.ids) for b in self.index},
+            "benchmark_sources": {name: str(benchmark_source(name, self.config.data_dir)) for name in self.config.benchmarks},
             "benchmark_questions_too_short": {b.name: b.too_short for b in self.index},
             **({"contaminated_rows": f"{CONTAMINATED_DIR}/shard-*.jsonl"} if self.config.drop else {}),
         }

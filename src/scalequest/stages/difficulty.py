@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from scalequest import io, runner
-from scalequest.config import ConfigError, EngineConfig, RowStageConfig, Section, ShardedStageConfig, sampling_config
+from scalequest.config import ConfigError, DataSource, EngineConfig, RowStageConfig, Section, ShardedStageConfig, sampling_config
 from scalequest.engines import load_engine
 from scalequest.models import ModelError, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
@@ -96,16 +96,14 @@ GOLD_FORMATS = {
 }
 
 
-class DifficultyLabelConfig(ShardedStageConfig):
+class DifficultyLabelConfig(RowStageConfig):
     """Label questions with known answers by a solver's fail rate over n sampled solutions."""
 
     stage = "difficulty-label"
 
-    input: str = Field(
-        ..., description="Questions with known answers: a .jsonl/.json/.parquet file or folder, or a Hugging Face dataset id (e.g. openai/gsm8k)."
+    input: DataSource = Field(
+        ..., description="Questions with known answers: a path, {bundled: gsm8k_train}, or {hub: openai/gsm8k, config: main}."
     )
-    hub_config: str | None = Field(None, description="Hub dataset config name (openai/gsm8k: main).")
-    hub_split: str = Field("train", description="Hub dataset split.")
     question_field: str = Field("question", description="Field holding the question (MATH: problem).")
     answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
     gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
@@ -129,9 +127,9 @@ class LabelDifficulty(RowStage):
     config: DifficultyLabelConfig
 
     def check(self) -> None:
-        resolve_model(self.config.engine.model)
+        self.config.engine.model_path()
 
-    # The input may be a Hub dataset, so reading, fingerprinting and sharding are done here.
+    # Questions are read once, cut to `limit` and checked for a gold answer before any shard runs.
     def labelled_rows(self) -> list[dict]:
         """Rows {id, question, gold}; a row without a question or a readable gold answer is an error."""
         if hasattr(self, "_rows"):
@@ -139,7 +137,7 @@ class LabelDifficulty(RowStage):
         config = self.config
         read_gold, expected = GOLD_FORMATS[config.gold_format]
         rows = []
-        for row in self.source_rows():
+        for row in io.read_rows(config.input):
             if config.limit is not None and len(rows) >= config.limit:
                 break
             question = row.get(config.question_field)
@@ -159,43 +157,6 @@ class LabelDifficulty(RowStage):
             rows.append({"id": row["id"], "question": question, "gold": gold})
         self._rows = rows
         return rows
-
-    def local_source(self) -> Path | None:
-        """The input as a local path; None when it names a Hub dataset (no such path, and not path-like)."""
-        path = Path(self.config.input).expanduser()
-        if path.exists() or self.config.input.startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json", ".parquet"):
-            return path
-        return None
-
-    def source_rows(self) -> Iterator[dict]:
-        local = self.local_source()
-        if local is not None:
-            yield from io.read_rows(local)  # names a missing local file as such
-            return
-        name = self.config.input.rstrip("/").split("/")[-1]
-        for index, row in enumerate(self.hub_dataset()):
-            yield {"id": f"{name}-{index}", **row}
-
-    def hub_dataset(self):
-        config = self.config
-        if hasattr(self, "_hub_dataset"):
-            return self._hub_dataset
-        try:
-            from datasets import load_dataset
-
-            self._hub_dataset = load_dataset(config.input, config.hub_config, split=config.hub_split)
-            return self._hub_dataset
-        except Exception as err:  # noqa: BLE001 - offline, unknown id, gated: all mean "not available"
-            reason = (str(err).splitlines() or [""])[0][:200]
-            raise io.DataError(
-                f"input {config.input} is neither a local file or folder nor a loadable Hub dataset ({type(err).__name__}: {reason})"
-            ) from None
-
-    def input_fingerprint(self) -> str | None:
-        local = self.local_source()
-        if local is not None:
-            return io.input_fingerprint(local)
-        return self.hub_dataset()._fingerprint  # datasets' own hash of the loaded data
 
     def count_input_rows(self) -> int:
         return len(self.labelled_rows())
@@ -255,7 +216,7 @@ class LabelDifficulty(RowStage):
     def finalize(self) -> dict:
         rates = [row["fail_rate"] for row in io.load_rows(self.config.output)]
         return {
-            "input": self.config.input,
+            "input": str(self.config.input),
             "solver": self.config.engine.model,
             "mean_fail_rate": round(sum(rates) / len(rates), 4) if rates else None,
             "fail_rate_histogram": histogram(rates),
@@ -356,7 +317,7 @@ def build_regression_trainer(config: DifficultyTrainConfig):
                 self.evaluate()
             return result
 
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, config.revision)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     prepare_tokenizer(tokenizer)
     bf16 = default_bf16(config)
@@ -401,7 +362,7 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
     """Run difficulty-train; the manifest gains `held_out`: rows, MSE and Spearman of the held-out split."""
 
     def check() -> None:
-        resolve_model(config.model)
+        resolve_model(config.model, config.revision)
         labels = {row["label"] for row in read_labelled(config)}
         if len(labels) == 1:  # e.g. a small solver that fails every question: nothing to rank by
             log.warning("%s: every row of %s has %s = %g; the regressor can only learn a constant", config.stage,
@@ -423,11 +384,11 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
 # ==================================================================================================
 
 
-def check_regressor(name: str, trust_remote_code: bool = False) -> str:
+def check_regressor(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
     """The regressor's location, after checking it is a 1-output sequence-classification model."""
     from transformers import AutoConfig
 
-    source = resolve_model(name)
+    source = resolve_model(name, revision)
     try:
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -458,6 +419,7 @@ class ScoreDifficultyConfig(RowStageConfig):
     runtime_fields: ClassVar[set[str]] = RowStageConfig.runtime_fields | {"batch_size"}
 
     regressor: str = Field(..., description="The difficulty regressor: a difficulty-train output folder (or any 1-output sequence-classification model).")
+    regressor_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the regressor is a Hub id.")
     field: str = Field("question", description="Row field holding the question text.")
     batch_size: int | None = Field(
         None, ge=1, description=f"Questions per forward pass, sorted by length; default {GPU_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU."
@@ -492,7 +454,7 @@ class ScoreDifficulty(RowStage):
     config: ScoreDifficultyConfig
 
     def check(self) -> None:
-        check_regressor(self.config.regressor, self.config.trust_remote_code)
+        check_regressor(self.config.regressor, self.config.trust_remote_code, self.config.regressor_revision)
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.field,)
@@ -506,7 +468,7 @@ class ScoreDifficulty(RowStage):
         from scalequest.engines.hf import pick_device_and_dtype
 
         config = self.config
-        source = check_regressor(config.regressor, config.trust_remote_code)
+        source = check_regressor(config.regressor, config.trust_remote_code, config.regressor_revision)
         device, dtype = pick_device_and_dtype(config.device, config.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
         prepare_tokenizer(self.tokenizer)
@@ -641,7 +603,7 @@ class FilterDifficulty(RowStage):
         return runner.run_stage(stage, force=force)
 
     def check(self) -> None:
-        check_regressor(self.config.regressor, self.config.trust_remote_code)
+        check_regressor(self.config.regressor, self.config.trust_remote_code, self.config.regressor_revision)
         if self.config.scores_dir is not None and self.config.scores_dir.resolve() == self.config.output.resolve():
             raise ConfigError("scores_dir must differ from output (default: OUTPUT/scores)")
 

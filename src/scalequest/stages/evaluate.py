@@ -36,7 +36,7 @@ class EvaluateConfig(ShardedStageConfig):
         description="Benchmarks to run (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, amc23).",
     )
     data_dir: Path | None = Field(
-        None, description="Folder with the benchmark JSONL files; default $SCALEQUEST_DATA_DIR or ../shared/data/benchmarks; else the Hub."
+        None, description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); else the Hub."
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions of each benchmark (quick runs).")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="The model to evaluate.")
@@ -76,7 +76,7 @@ class Evaluate(RowStage):
     config: EvaluateConfig
 
     def check(self) -> None:
-        resolve_model(self.config.engine.model)
+        self.config.engine.model_path()
 
     def input_fingerprint(self) -> str | None:
         return None
@@ -156,7 +156,12 @@ class Evaluate(RowStage):
         self.engine.close()
 
     def finalize(self) -> dict:
+        from scalequest.math import benchmark_source
+
         summary = summarize(io.load_rows(self.config.output), self.config.benchmarks)
+        for entry in summary:  # which copy was graded: bundled, a local file or the Hub (results differ by copy)
+            if entry["benchmark"] in self.config.benchmarks:
+                entry["source"] = str(benchmark_source(entry["benchmark"], self.config.data_dir))
         write_summary(self.config.output, summary, self.config.engine.model)
         return {"model": self.config.engine.model, "summary": summary}
 
@@ -187,7 +192,7 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> list[dict]:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    columns = ["benchmark", "n", "accuracy", "mean_response_tokens", "seconds", "no_answer", "grading_timeouts"]
+    columns = ["benchmark", "n", "accuracy", "mean_response_tokens", "seconds", "no_answer", "grading_timeouts", "source"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for entry in summary:
         lines.append("| " + " | ".join(str(entry.get(c, "")) for c in columns) + " |")

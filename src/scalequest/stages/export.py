@@ -127,7 +127,7 @@ def finished_manifest(folder: Path) -> dict:
     raise io.DataError(f"{folder} is the output of stage {stage!r}, which has not finished; rerun that stage first")
 
 
-def lineage(start: Path) -> list[tuple[Path, dict]]:
+def lineage(start: Path | None) -> list[tuple[Path, dict]]:
     """(folder, manifest) of every stage `start` came from, upstream first, `start` last."""
     found: list[tuple[Path, dict]] = []
     seen: set[Path] = set()
@@ -145,7 +145,7 @@ def lineage(start: Path) -> list[tuple[Path, dict]]:
                 visit(upstream)
         found.append((folder, manifest))
 
-    if (start / io.CONFIG).is_file():
+    if start is not None and (start / io.CONFIG).is_file():
         visit(start)
     return found
 
@@ -258,7 +258,7 @@ class Export(RowStage):
         if config.stage_folders is not None:
             self.stages = [(folder, finished_manifest(folder)) for folder in config.stage_folders]
         else:
-            self.stages = lineage(config.input)
+            self.stages = lineage(config.input.path)
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.question_field, self.config.response_field)

@@ -48,7 +48,7 @@ class GenerateQuestions(RowStage):
     config: GenerateQuestionsConfig
 
     def check(self) -> None:
-        resolve_model(self.config.engine.model)
+        self.config.engine.model_path()
 
     def count_input_rows(self) -> int:
         return self.config.num
@@ -66,7 +66,7 @@ class GenerateQuestions(RowStage):
         # Built once in the driver (cheap: the tokenizer only), so the manifest records the prompt
         # whichever executor runs the shards.
         config = self.config
-        tokenizer = load_tokenizer(config.engine.tokenizer or config.engine.model, config.engine.trust_remote_code)
+        tokenizer = load_tokenizer(config.engine.tokenizer_path(), config.engine.trust_remote_code)
         self.prompt = config.pre_query_prefix or pre_query_prefix(tokenizer, config.system_prompt)
         self.stop = tuple(dict.fromkeys(stop_strings(tokenizer) + config.sampling.stop))
 

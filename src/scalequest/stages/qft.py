@@ -22,10 +22,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model
 
 from scalequest import io
-from scalequest.config import Section, StageConfig
+from scalequest.config import DataSource, StageConfig
 from scalequest.models import resolve_model
 from scalequest.runner import prepare_output
 from scalequest.training import TrainingConfig, default_bf16, finish_training, peft_config, save_model, trainer_arguments
@@ -33,31 +33,10 @@ from scalequest.training import TrainingConfig, default_bf16, finish_training, p
 log = logging.getLogger("scalequest")
 
 
-class QuestionSource(Section):
-    """Where questions come from: a local file or folder (JSONL/JSON/Parquet), or a Hugging Face Hub dataset."""
-
-    path: Path | None = Field(None, description="Local .jsonl/.json/.parquet file or folder of them (set this or hub).")
-    hub: str | None = Field(None, description="Hugging Face Hub dataset id, e.g. openai/gsm8k (set this or path).")
-    subset: str | None = Field(None, description="Hub dataset configuration name, e.g. 'main' for openai/gsm8k.")
-    split: str = Field("train", description="Hub dataset split.")
-    field: str = Field("question", description="Field holding the question text.")
-
-    @model_validator(mode="after")
-    def one_location(self) -> "QuestionSource":
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("a question source needs exactly one of 'path' or 'hub'")
-        return self
-
-    def name(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        return f"{self.hub}" + (f"[{self.subset}]" if self.subset else "") + f":{self.split}"
-
-
 # The paper's QFT data: GSM8K train and MATH train questions, no solutions (~15K).
 PAPER_SOURCES = [
-    QuestionSource(hub="openai/gsm8k", subset="main", split="train", field="question"),
-    QuestionSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", field="problem"),
+    DataSource(hub="openai/gsm8k", config="main", split="train"),
+    DataSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", fields={"question": "problem"}),
 ]
 
 # TrainingConfig's fields without `input`: QFT reads its questions from `sources` instead. (When training.py
@@ -75,10 +54,11 @@ class QFTConfig(_TrainingFields):
     stage = "qft"
     runtime_fields = TrainingConfig.runtime_fields
 
-    sources: list[QuestionSource] = Field(
+    sources: list[DataSource] = Field(
         default_factory=lambda: [s.model_copy() for s in PAPER_SOURCES],
         min_length=1,
-        description="Question sources, each {path, field} or {hub, subset, split, field}; default: GSM8K train + MATH train (the paper's ~15K).",
+        description="Data sources whose `question` field is read (rename with fields: {question: problem}); "
+        "default: GSM8K train + MATH train from the Hub (the paper's ~15K).",
     )
     max_questions: int | None = Field(None, ge=1, description="Train on the first N questions after shuffling with `seed` (default: all).")
     system_prompt: str | None = Field(None, description="System turn in the prefix; must match what question generation will use (default: none).")
@@ -89,26 +69,17 @@ class QFTConfig(_TrainingFields):
     max_length: int = Field(256, ge=8, description="Longest training text in tokens (paper code: 256); longer questions are skipped, not cut, so every example ends with its end-of-turn.")
 
 
-def read_source(source: QuestionSource, skipped: Counter) -> list[str]:
-    """The questions of one source; a row without the field is an error naming the source and the field."""
-    if source.path is not None:
-        questions = []
-        for row in io.read_rows(source.path):
-            value = row.get(source.field)
-            if not isinstance(value, str):
-                raise io.DataError(f"question source {source.path}: row {row['id']} has no text field {source.field!r}")
-            questions.append(value)
-    else:
-        import datasets
-
-        try:
-            data = datasets.load_dataset(source.hub, source.subset, split=source.split)
-        except Exception as err:  # datasets raises many types (offline, missing config, bad split)
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise io.DataError(f"cannot load question source {source.name()}: {message}") from None
-        if source.field not in data.column_names:
-            raise io.DataError(f"question source {source.name()} has no field {source.field!r} (fields: {', '.join(data.column_names)})")
-        questions = [value if isinstance(value, str) else "" for value in data[source.field]]
+def read_source(source: DataSource, skipped: Counter) -> list[str]:
+    """The questions of one source; a row without a text `question` is an error naming the source and row."""
+    questions = []
+    for row in io.read_rows(source):
+        value = row.get("question")
+        if not isinstance(value, str):
+            raise io.DataError(
+                f"question source {source}: row {row['id']} has no text field 'question' (fields: {', '.join(row)}; "
+                "rename one with fields: {question: NAME})"
+            )
+        questions.append(value)
     kept = [q.strip() for q in questions if q.strip()]
     if len(kept) < len(questions):
         skipped["empty"] += len(questions) - len(kept)
@@ -122,7 +93,7 @@ def collect_questions(config: QFTConfig) -> tuple[list[str], dict]:
     questions: list[str] = []
     for source in config.sources:
         found = read_source(source, skipped)
-        per_source[source.name()] = len(found)
+        per_source[str(source)] = len(found)
         questions += found
     if not questions:
         raise io.DataError(f"the question sources ({', '.join(per_source)}) hold no questions")
@@ -196,7 +167,7 @@ def run(config: QFTConfig, force: bool = False) -> dict:
     from scalequest.templates import end_of_turn, pre_query_prefix
 
     started = time.time()
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, config.revision)
     # Every check (sources, fields, the template) happens before the output folder is touched.
     questions, summary = collect_questions(config)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
@@ -236,7 +207,7 @@ def run(config: QFTConfig, force: bool = False) -> dict:
     if not state.is_main_process:
         return {}
     return finish_training(config, trainer, result, started, {
-        "input": [s.name() for s in config.sources],
+        "input": [str(s) for s in config.sources],
         "input_fingerprint": fingerprint,
         "rows_in": len(questions),
         "rows_out": len(dataset),

@@ -117,7 +117,7 @@ def run(config: QPOConfig, force: bool = False) -> dict:
 
         from scalequest.templates import end_of_turn
 
-        loaded["source"] = resolve_model(config.model)
+        loaded["source"] = resolve_model(config.model, config.revision)
         found, skipped = read_pairs(config.input)
         if skipped:
             log.warning("qpo: skipped %s of %d rows in %s", dict(skipped), len(found) + sum(skipped.values()), config.input)

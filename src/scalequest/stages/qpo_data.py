@@ -113,9 +113,9 @@ class BuildQPOData(RowStage):
         )
 
     def check(self) -> None:
-        resolve_model(self.config.generator.model)
+        self.config.generator.model_path()
         if self.config.optimizer.engine != "openai":
-            resolve_model(self.config.optimizer.model)
+            self.config.optimizer.model_path()
         elif self.config.optimizer_reply_prefix:
             raise ConfigError("qpo-data: optimizer_reply_prefix needs a local optimizer engine (hf or vllm); "
                               "OpenAI-compatible chat APIs do not continue a prefilled reply")

@@ -64,7 +64,7 @@ class GenerateResponses(RowStage):
     config: GenerateResponsesConfig
 
     def check(self) -> None:
-        resolve_model(self.config.engine.model)
+        self.config.engine.model_path()
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.question_field,)

@@ -62,6 +62,7 @@ class RewardModelConfig(Section):
         DEFAULT_REWARD_MODEL,
         description=f"Reward model: HF id or local directory with a one-output score head (paper: {PAPER_REWARD_MODEL}, which needs trust_remote_code: true).",
     )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the reward model; default: main.")
     tokenizer: str | None = Field(None, description="Tokenizer (HF id or directory) when it differs from the model.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
@@ -115,7 +116,7 @@ def no_score_head(name: str, architectures: list[str]) -> ModelError:
 def read_model_config(config: RewardModelConfig):
     from transformers import AutoConfig
 
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, config.revision)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -217,7 +218,7 @@ class ClassifierScorer(Scorer):
         self.tokenizer = load_reward_tokenizer(config)
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model(config.model), dtype=dtype, trust_remote_code=config.trust_remote_code,
+                resolve_model(config.model, config.revision), dtype=dtype, trust_remote_code=config.trust_remote_code,
                 output_loading_info=True, **config.model_kwargs,
             )
         except (OSError, ValueError) as err:
@@ -271,7 +272,7 @@ class RemoteCodeScorer(Scorer):
         device, dtype = pick_device_and_dtype(config.device, config.dtype)
         self.tokenizer = load_reward_tokenizer(config)
         try:
-            model = AutoModel.from_pretrained(resolve_model(config.model), dtype=dtype, trust_remote_code=True, **config.model_kwargs)
+            model = AutoModel.from_pretrained(resolve_model(config.model, config.revision), dtype=dtype, trust_remote_code=True, **config.model_kwargs)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load reward model {config.model!r}: {str(err).splitlines()[0]}") from None
         if not (hasattr(model, "get_scores") or hasattr(model, "get_score")):
@@ -310,7 +311,7 @@ class VLLMScorer(Scorer):
 
         self.tokenizer = load_reward_tokenizer(config)
         # Per-token reward models (InternLM2) score the position of a reward token appended to the conversation.
-        model_config = AutoConfig.from_pretrained(resolve_model(config.model), trust_remote_code=config.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(resolve_model(config.model, config.revision), trust_remote_code=config.trust_remote_code)
         self.reward_token_id = getattr(model_config, "reward_token_id", None)
         self.llm, self.gpus = load_llm(config, config.model_kwargs, what="reward model", runner="pooling")
         self.task = self.llm.pooling_task

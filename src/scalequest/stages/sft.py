@@ -48,7 +48,7 @@ def run(config: SFTStageConfig, force: bool = False) -> dict:
         from transformers import AutoTokenizer
         from trl import SFTConfig, SFTTrainer
 
-        source = resolve_model(config.model)
+        source = resolve_model(config.model, config.revision)
         args_bf16 = default_bf16(config)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
         args = SFTConfig(
@@ -67,4 +67,4 @@ def run(config: SFTStageConfig, force: bool = False) -> dict:
             peft_config=peft_config(config),
         )
 
-    return run_training(config, build_trainer, force=force, check=lambda: resolve_model(config.model))
+    return run_training(config, build_trainer, force=force, check=lambda: resolve_model(config.model, config.revision))

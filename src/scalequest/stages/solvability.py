@@ -117,7 +117,7 @@ class FilterSolvability(RowStage):
     config: FilterSolvabilityConfig
 
     def check(self) -> None:
-        resolve_model(self.config.engine.model)
+        self.config.engine.model_path()
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.field,)
