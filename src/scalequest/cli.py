@@ -52,17 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"scalequest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (config_class, _) in STAGES.items():
+    for name, stage in STAGES.items():
         stage_parser = sub.add_parser(
             name,
-            help=config_class.__doc__,
-            description=config_class.__doc__,
-            epilog=fields_help(config_class),
+            help=stage.config.__doc__,
+            description=stage.config.__doc__,
+            epilog=fields_help(stage.config),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_common(stage_parser)
-        if name == "evaluate":
-            stage_parser.add_argument("--limit", type=int, help="evaluate only the first N questions of each benchmark")
+        for flag in stage.flags:  # a shortcut for the config field of that name
+            stage_parser.add_argument(f"--{flag}", help=f"same as {flag}=VALUE: {stage.config.model_fields[flag].description}")
     run = sub.add_parser(
         "run",
         help="run a whole pipeline YAML",
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"stages, in order: {', '.join(STAGES)}",
     )
     add_common(run)
+    run.add_argument("--plan", action="store_true", help="print every stage's inputs, models and output; run nothing")
     demo = sub.add_parser(
         "demo",
         help="run the demo pipeline on the embedded model",
@@ -118,7 +119,7 @@ def print_stage_summary(name: str, manifest: dict) -> None:
 
 def demo(args) -> None:
     from scalequest.io import load_rows
-    from scalequest.pipeline import QUESTIONS, run_pipeline
+    from scalequest.pipeline import STAGES, run_pipeline
 
     with resources.as_file(resources.files("scalequest") / "configs" / "demo.yaml") as path:
         results = run_pipeline(path, [f"output_dir={args.output_dir}", *args.overrides], force=args.force)
@@ -132,7 +133,8 @@ def demo(args) -> None:
         from scalequest.stages.evaluate import markdown_table
 
         print("\n" + markdown_table(manifests["evaluate"]["summary"]))
-    last_questions = next((manifests[name] for name in QUESTIONS if name in manifests), None)
+    questions = [name for name in manifests if STAGES[name].writes_questions]
+    last_questions = manifests[questions[-1]] if questions else None
     if last_questions is not None:
         print("\nSample questions:")
         for row in load_rows(last_questions["config"]["output"])[:5]:
@@ -164,12 +166,17 @@ def dispatch(args) -> None:
     elif args.command == "run":
         if not args.config:
             raise ConfigError("run needs a pipeline YAML: scalequest run -c pipeline.yaml")
+        if args.plan:
+            from scalequest.pipeline import describe_plan
+
+            print(describe_plan(args.config, args.overrides))
+            return
         for name, manifest in run_pipeline(args.config, args.overrides, force=args.force):
             print_stage_summary(name, manifest)
     else:
-        config_class, _ = STAGES[args.command]
-        overrides = list(args.overrides) + ([f"limit={args.limit}"] if getattr(args, "limit", None) else [])
-        config = load_config(config_class, args.config, overrides)
+        stage = STAGES[args.command]
+        flags = [f"{flag}={getattr(args, flag)}" for flag in stage.flags if getattr(args, flag) is not None]
+        config = load_config(stage.config, args.config, list(args.overrides) + flags)
         manifest = run_one(args.command, config, force=args.force)
         print_stage_summary(args.command, manifest)
         if "summary" in manifest:

@@ -13,29 +13,12 @@ from scalequest import io
 # The paper's run: $680.8 for 522.9 A100-40G hours.
 PAPER_PRICE_PER_GPU_HOUR = round(680.8 / 522.9, 2)
 
-PHASES = {
-    "qft": "Question fine-tuning (QFT)",
-    "qpo-data": "Question preference optimization (QPO)",
-    "qpo": "Question preference optimization (QPO)",
-    "generate-questions": "Question generation",
-    "filter-language": "Question filtering",
-    "filter-solvability": "Question filtering",
-    "difficulty-label": "Question filtering",
-    "difficulty-train": "Question filtering",
-    "filter-difficulty": "Question filtering",
-    "generate-responses": "Response generation",
-    "reward-select": "Reward scoring",
-    "decontaminate": "Decontamination and export",
-    "export": "Decontamination and export",
-    "sft": "Fine-tuning (SFT)",
-    "evaluate": "Evaluation",
-}
-
-
 def stage_manifests(run_dir: Path) -> list[dict]:
     """Manifests of the finished stages under `run_dir` (one folder per stage), in pipeline order."""
+    from scalequest.pipeline import STAGES
+
     manifests = [m for m in (io.read_manifest(p) for p in sorted(run_dir.iterdir()) if p.is_dir()) if m]
-    order = list(PHASES)
+    order = list(STAGES)
     return sorted(manifests, key=lambda m: order.index(m["stage"]) if m["stage"] in order else len(order))
 
 
@@ -43,12 +26,14 @@ def cost_rows(run_dir: str | Path, price_per_gpu_hour: float = PAPER_PRICE_PER_G
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise io.DataError(f"run folder {run_dir} does not exist")
+    from scalequest.pipeline import STAGES
+
     manifests = stage_manifests(run_dir)
     if not manifests:
         raise io.DataError(f"run folder {run_dir} holds no finished stage (no */manifest.json)")
     rows: dict[str, dict] = {}
     for manifest in manifests:
-        phase = PHASES.get(manifest["stage"], manifest["stage"])
+        phase = STAGES[manifest["stage"]].phase if manifest["stage"] in STAGES else manifest["stage"]
         row = rows.setdefault(phase, {"phase": phase, "stages": [], "samples": 0, "gpu_hours": 0.0, "wall_hours": 0.0, "devices": set()})
         row["stages"].append(manifest["stage"])
         # Samples of a phase: rows its last stage produced (for training, the examples trained on).

@@ -114,9 +114,10 @@ def hub_commit(name: str, revision: str | None = None) -> str | None:
     return Path(cached).parent.name if isinstance(cached, str) else None
 
 
-def model_provenance(config) -> dict[str, dict]:
+def model_provenance(config, commits: bool = True) -> dict[str, dict]:
     """{field path: {model, revision, commit}} for every model a config names (engines, trained base models,
-    reward models, regressors), for the manifest: what exactly produced the output."""
+    reward models, regressors), for the manifest: what exactly produced the output. `commits=False` skips the
+    cache look-up (for plans of stages that have not run)."""
     from pydantic import BaseModel
 
     found: dict[str, dict] = {}
@@ -128,7 +129,8 @@ def model_provenance(config) -> dict[str, dict]:
                 visit(value, f"{prefix}{name}.")
             elif name in MODEL_FIELDS and isinstance(value, str):
                 revision = getattr(node, MODEL_FIELDS[name], None)
-                found[prefix + name] = {"model": value, "revision": revision, "commit": hub_commit(value, revision)}
+                commit = hub_commit(value, revision) if commits else None
+                found[prefix + name] = {"model": value, "revision": revision, "commit": commit}
 
     visit(config, "")
     return found

@@ -3,21 +3,28 @@
     output_dir: runs/demo          # stage outputs default to OUTPUT_DIR/STAGE
     stages:                        # in pipeline order; each value is that stage's config
       generate-questions: {num: 64}
-      filter-language: {}          # input: generate-questions' output, filled in by WIRING
+      filter-language: {}          # input: generate-questions' output, filled in from the stage's `feeds`
+      generate-responses: {input: "${stages.filter-language.output}"}   # or named explicitly
 
-Every stage is resumable and is skipped when it already finished with the same config and input.
+Every stage is declared once, in `STAGES` below: its command, config, kind, cost-table phase and which earlier
+outputs feed which of its fields. The CLI, `run`, `run --plan` and `scalequest cost` read that declaration;
+adding a stage means writing its module and one `Stage(...)` line. Every stage is resumable and is skipped
+when it already finished with the same config and input.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from scalequest.config import ConfigError, Section, build_config, deep_merge, parse_overrides, read_yaml
+from scalequest.config import ConfigError, Section, StageConfig, build_config, deep_merge, parse_overrides, read_yaml
 from scalequest.stages import qft, qpo, sft
 from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
 from scalequest.stages.difficulty import (
@@ -39,71 +46,111 @@ from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityCo
 
 log = logging.getLogger("scalequest")
 
-# Stage name -> (config model, function running it to completion), in pipeline order.
-STAGES = {
-    "qft": (qft.QFTConfig, qft.run),
-    "qpo-data": (QPODataConfig, BuildQPOData.run),
-    "qpo": (qpo.QPOConfig, qpo.run),
-    "generate-questions": (GenerateQuestionsConfig, GenerateQuestions.run),
-    "filter-language": (FilterLanguageConfig, FilterLanguage.run),
-    "filter-solvability": (FilterSolvabilityConfig, FilterSolvability.run),
-    "difficulty-label": (DifficultyLabelConfig, LabelDifficulty.run),
-    "difficulty-train": (DifficultyTrainConfig, train_regressor),
-    "filter-difficulty": (FilterDifficultyConfig, FilterDifficulty.run),
-    "generate-responses": (GenerateResponsesConfig, GenerateResponses.run),
-    "reward-select": (RewardSelectConfig, RewardSelect.run),
-    "decontaminate": (DecontaminateConfig, Decontaminate.run),
-    "export": (ExportConfig, Export.run),
-    "sft": (sft.SFTStageConfig, sft.run),
-    "evaluate": (EvaluateConfig, Evaluate.run),
-}
 
-QUESTIONS = ("filter-difficulty", "filter-solvability", "filter-language", "generate-questions")
+@dataclass(frozen=True)
+class Stage:
+    """Everything the CLI, `run`, `run --plan` and the cost table know about a stage, declared once."""
 
-# Config fields a pipeline fills from earlier stages' outputs when its YAML leaves them unset:
-# field -> stages whose output can feed it, in order of preference (the first present in the pipeline wins).
-WIRING: dict[str, dict[str, tuple[str, ...]]] = {
-    "qpo-data": {"generator.model": ("qft",)},
-    "qpo": {"input": ("qpo-data",), "model": ("qft",)},
-    "generate-questions": {"engine.model": ("qpo", "qft")},
-    "filter-language": {"input": ("generate-questions",)},
-    "filter-solvability": {"input": ("filter-language", "generate-questions")},
-    "difficulty-train": {"input": ("difficulty-label",)},
-    "filter-difficulty": {"input": QUESTIONS[1:], "regressor": ("difficulty-train",)},
-    "generate-responses": {"input": QUESTIONS},
-    "reward-select": {"input": ("generate-responses",)},
-    "decontaminate": {"input": ("reward-select", "generate-responses")},
-    "export": {"input": ("decontaminate", "reward-select", "generate-responses")},
-    "sft": {"input": ("export",)},
-    "evaluate": {"engine.model": ("sft",)},
-}
+    name: str  # the command, and the stage's output sub-folder in a pipeline
+    config: type[StageConfig]
+    run: Callable[..., dict]  # run(config, force=False) -> manifest
+    kind: Literal["row-wise", "training"]
+    phase: str  # row of the paper's Table 4 (scalequest cost)
+    # Config fields a pipeline fills from earlier stages' outputs when its YAML leaves them unset:
+    # field -> stages whose output can feed it, in order of preference (the first present in the pipeline wins).
+    feeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    writes_questions: bool = False  # its output rows are questions (the demo samples the last such stage)
+    flags: tuple[str, ...] = ()  # config fields also offered as --FLAG on the command line
 
 
-def fill_from_earlier(name: str, values: dict[str, Any], outputs: dict[str, Path]) -> dict[str, Any]:
-    for field, sources in WIRING.get(name, {}).items():
-        present = [outputs[source] for source in sources if source in outputs]
+QUESTION_STAGES = ("filter-difficulty", "filter-solvability", "filter-language", "generate-questions")
+QPO, FILTERING = "Question preference optimization (QPO)", "Question filtering"
+
+# Every stage, in pipeline order.
+STAGES: dict[str, Stage] = {stage.name: stage for stage in [
+    Stage("qft", qft.QFTConfig, qft.run, "training", "Question fine-tuning (QFT)"),
+    Stage("qpo-data", QPODataConfig, BuildQPOData.run, "row-wise", QPO, {"generator.model": ("qft",)}),
+    Stage("qpo", qpo.QPOConfig, qpo.run, "training", QPO, {"input": ("qpo-data",), "model": ("qft",)}),
+    Stage("generate-questions", GenerateQuestionsConfig, GenerateQuestions.run, "row-wise", "Question generation",
+          {"engine.model": ("qpo", "qft")}, writes_questions=True),
+    Stage("filter-language", FilterLanguageConfig, FilterLanguage.run, "row-wise", FILTERING,
+          {"input": ("generate-questions",)}, writes_questions=True),
+    Stage("filter-solvability", FilterSolvabilityConfig, FilterSolvability.run, "row-wise", FILTERING,
+          {"input": ("filter-language", "generate-questions")}, writes_questions=True),
+    Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty.run, "row-wise", FILTERING),
+    Stage("difficulty-train", DifficultyTrainConfig, train_regressor, "training", FILTERING, {"input": ("difficulty-label",)}),
+    Stage("filter-difficulty", FilterDifficultyConfig, FilterDifficulty.run, "row-wise", FILTERING,
+          {"input": QUESTION_STAGES[1:], "regressor": ("difficulty-train",)}, writes_questions=True),
+    Stage("generate-responses", GenerateResponsesConfig, GenerateResponses.run, "row-wise", "Response generation",
+          {"input": QUESTION_STAGES}),
+    Stage("reward-select", RewardSelectConfig, RewardSelect.run, "row-wise", "Reward scoring", {"input": ("generate-responses",)}),
+    Stage("decontaminate", DecontaminateConfig, Decontaminate.run, "row-wise", "Decontamination and export",
+          {"input": ("reward-select", "generate-responses")}),
+    Stage("export", ExportConfig, Export.run, "row-wise", "Decontamination and export",
+          {"input": ("decontaminate", "reward-select", "generate-responses")}),
+    Stage("sft", sft.SFTStageConfig, sft.run, "training", "Fine-tuning (SFT)", {"input": ("export",)}),
+    Stage("evaluate", EvaluateConfig, Evaluate.run, "row-wise", "Evaluation", {"engine.model": ("sft",)}, flags=("limit",)),
+]}
+
+# `${stages.NAME.output}` in a pipeline YAML: another (earlier) stage's output folder.
+REFERENCE = re.compile(r"\$\{stages\.([a-z-]+)\.output\}")
+
+
+def fill_from_earlier(name: str, values: dict[str, Any], outputs: dict[str, Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Fill unset fields from earlier stages' outputs; return the values and {field: feeding stage}."""
+    wired = {}
+    for field_name, sources in STAGES[name].feeds.items():
+        present = [source for source in sources if source in outputs]
         if not present:
             continue
         node = values
-        *parents, leaf = field.split(".")
+        *parents, leaf = field_name.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
-        node.setdefault(leaf, str(present[0]))
-    return values
+        if leaf not in node:
+            node[leaf] = str(outputs[present[0]])
+            wired[field_name] = present[0]
+    return values, wired
+
+
+def resolve_references(value: Any, outputs: dict[str, Path], where: str) -> Any:
+    """Replace `${stages.NAME.output}` in every string of a stage's values with that stage's output folder."""
+    if isinstance(value, dict):
+        return {key: resolve_references(item, outputs, where) for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve_references(item, outputs, where) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def output_of(match: re.Match) -> str:
+        if match.group(1) not in outputs:
+            raise ConfigError(f"{where}: {match.group(0)} names no earlier stage of this pipeline "
+                              f"(earlier: {', '.join(outputs) or 'none'})")
+        return str(outputs[match.group(1)])
+
+    return REFERENCE.sub(output_of, value)
 
 
 class PipelineConfig(Section):
     output_dir: Path = Field(..., description="Folder holding one sub-folder per stage.")
-    stages: dict[str, dict[str, Any] | None] = Field(..., description="Stage name -> that stage's config, in pipeline order.")
+    stages: dict[str, dict[str, Any] | None] = Field(
+        ..., description="Stage name -> that stage's config, in pipeline order; ${stages.NAME.output} names an earlier stage's output."
+    )
 
 
 def run_one(name: str, config, force: bool = False) -> dict:
-    _, run = STAGES[name]
-    return run(config, force=force)
+    return STAGES[name].run(config, force=force)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[PipelineConfig, list[tuple[str, Any]]]:
-    """Validate a pipeline YAML; `stage.key=value` overrides go to that stage, other keys to the top."""
+    """Validate a pipeline YAML; `stage.key=value` overrides go to that stage, other keys to the top.
+    Returns the pipeline and its (stage name, config) pairs in order."""
+    pipeline, planned = plan_pipeline(path, overrides)
+    return pipeline, [(name, config) for name, config, _ in planned]
+
+
+def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[PipelineConfig, list[tuple[str, Any, dict]]]:
+    """As `load_pipeline`, with each stage's wired fields ({field: earlier stage that feeds it})."""
     data = read_yaml(path)
     for key, value in parse_overrides(list(overrides)).items():
         if key in STAGES:
@@ -122,13 +169,36 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Pipeline
     stages = []
     outputs: dict[str, Path] = {}
     for name in names:
-        config_class, _ = STAGES[name]
-        values = copy.deepcopy(pipeline.stages[name] or {})
+        where = f"{path}: stages.{name}"
+        values = resolve_references(copy.deepcopy(pipeline.stages[name] or {}), outputs, where)
         values.setdefault("output", str(pipeline.output_dir / name))
-        config = build_config(config_class, fill_from_earlier(name, values, outputs), f"{path}: stages.{name}")
-        stages.append((name, config))
+        values, wired = fill_from_earlier(name, values, outputs)
+        config = build_config(STAGES[name].config, values, where)
+        stages.append((name, config, wired))
         outputs[name] = config.output
     return pipeline, stages
+
+
+def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
+    """What `run` would do, stage by stage, without running anything: inputs (and which earlier stage feeds
+    them), models, output, and whether the stage already finished."""
+    from scalequest.models import model_provenance
+
+    _, planned = plan_pipeline(path, overrides)
+    lines = []
+    for number, (name, config, wired) in enumerate(planned, start=1):
+        stage = STAGES[name]
+        lines.append(f"{number}. {name} ({stage.kind}; {stage.phase})")
+        inputs = [("input", config.input)] if "input" in type(config).model_fields else []
+        inputs += [("sources", ", ".join(map(str, config.sources)))] if name == "qft" else []
+        for label, value in inputs:
+            lines.append(f"     {label}: {value}" + (f"  <- {wired[label]}" if label in wired else ""))
+        for field_name, model in model_provenance(config, commits=False).items():
+            revision = f" @ {model['revision']}" if model["revision"] else ""
+            lines.append(f"     {field_name}: {model['model']}{revision}" + (f"  <- {wired[field_name]}" if field_name in wired else ""))
+        done = " (finished)" if (Path(config.output) / "manifest.json").is_file() else ""
+        lines.append(f"     output: {config.output}{done}")
+    return "\n".join(lines)
 
 
 def run_pipeline(path: str | Path, overrides: list[str] = (), force: bool = False) -> list[tuple[str, dict]]:

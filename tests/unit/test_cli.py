@@ -57,7 +57,7 @@ def leaf_fields(cls: type[Section], prefix: str = "", defaults=None):
 def test_top_level_help_lists_every_command(capsys):
     assert call(["--help"]) == 0
     out = capsys.readouterr().out
-    for name, (config_class, _) in STAGES.items():
+    for name, config_class in ((n, s.config) for n, s in STAGES.items()):
         assert name in out
     for command in ("run", "demo", "serve"):
         assert command in out
@@ -67,7 +67,7 @@ def test_top_level_help_lists_every_command(capsys):
 def test_stage_help_lists_every_field_with_description_and_default(stage, capsys):
     assert call([stage, "--help"]) == 0
     out = capsys.readouterr().out
-    config_class, _ = STAGES[stage]
+    config_class = STAGES[stage].config
     assert config_class.__doc__.strip().splitlines()[0] in out
     lines = out.splitlines()
     fields = list(leaf_fields(config_class))

@@ -19,7 +19,7 @@ from scalequest.config import (
     parse_overrides,
     read_yaml,
 )
-from scalequest.pipeline import WIRING, STAGES, load_pipeline
+from scalequest.pipeline import STAGES, load_pipeline
 from scalequest.stages.filters import FilterLanguageConfig
 from scalequest.stages.generate import GenerateQuestionsConfig
 
@@ -283,7 +283,7 @@ def walk_fields(cls: type[Section], prefix: str = ""):
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_field_has_a_description(stage):
-    config_class, _ = STAGES[stage]
+    config_class = STAGES[stage].config
     assert config_class.stage == stage
     assert (config_class.__doc__ or "").strip(), f"{stage} config has no docstring (used as its --help text)"
     missing = [key for key, info, _ in walk_fields(config_class) if not (info.description or "").strip()]
@@ -292,7 +292,7 @@ def test_every_field_has_a_description(stage):
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_describe_fields_lists_every_leaf_field(stage):
-    config_class, _ = STAGES[stage]
+    config_class = STAGES[stage].config
     rows = describe_fields(config_class)
     keys = [key for key, _, _ in rows]
     leaves = [key for key, _, is_section in walk_fields(config_class) if not is_section]
@@ -342,11 +342,11 @@ def test_every_shipped_yaml_loads_as_a_pipeline(path):
     assert names == [name for name in STAGES if name in names]
     outputs = {}
     for name, config in stages:
-        assert isinstance(config, STAGES[name][0])
+        assert isinstance(config, STAGES[name].config)
         body = pipeline.stages[name] or {}
         if "output" not in body:
             assert config.output == pipeline.output_dir / name
-        sources = [s for s in WIRING.get(name, {}).get("input", ()) if s in outputs]
+        sources = [s for s in STAGES[name].feeds.get("input", ()) if s in outputs]
         if sources and "input" not in body:
             assert config.input.path == outputs[sources[0]]  # wired to the preferred earlier stage
         outputs[name] = config.output

@@ -302,7 +302,7 @@ def test_every_model_field_has_a_revision():
             elif name in MODEL_FIELDS:
                 yield cls, name
 
-    found = [(cls, name) for config_class, _ in STAGES.values() for cls, name in walk(config_class)]
+    found = [(cls, name) for config_class in (s.config for s in STAGES.values()) for cls, name in walk(config_class)]
     assert found
     for cls, name in found:
         assert MODEL_FIELDS[name] in cls.model_fields, f"{cls.__name__}.{name} has no {MODEL_FIELDS[name]}"
