@@ -9,15 +9,17 @@ about three times the model, and served only to resume.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
 import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from scalequest import io
 from scalequest.config import DataSource, Section, StageConfig
@@ -35,12 +37,11 @@ class LoraOptions(Section):
     merge: bool = Field(True, description="Merge the adapters into the weights when saving, so every engine loads the result.")
 
 
-class TrainingConfig(StageConfig):
-    """Fields shared by training stages; `input` is the training data, `output` the model directory."""
+class TrainingOptions(StageConfig):
+    """Fields shared by training stages; `output` is the model directory."""
 
     runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps", "keep_checkpoints"}
 
-    input: DataSource = Field(..., description="Training data: a stage's output folder or file, {bundled: NAME} or {hub: ID, ...}.")
     model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`; default: main.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data.")
@@ -59,9 +60,53 @@ class TrainingConfig(StageConfig):
     save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (the unit of resume).")
     keep_checkpoints: bool = Field(False, description="Keep OUTPUT/checkpoints (weights and optimizer state) after training finishes; by default they are deleted, since they only serve to resume.")
     trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
+    trainer: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other field of the stage's trainer arguments (transformers TrainingArguments, TRL SFTConfig or "
+        "DPOConfig), passed as is, e.g. {report_to: wandb, weight_decay: 0.01}; it overrides our defaults (OUR_TRAINER_DEFAULTS).",
+    )
+
+    # The trainer-arguments class of the stage, "module:Class", whose fields `trainer` may set.
+    arguments_class: ClassVar[str] = "transformers:TrainingArguments"
+
+    @field_validator("trainer")
+    @classmethod
+    def known_trainer_fields(cls, trainer: dict[str, Any]) -> dict[str, Any]:
+        if not trainer:
+            return trainer
+        module, name = cls.arguments_class.split(":")
+        known = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        for key in trainer:
+            if key in OWN_FIELDS:
+                raise ValueError(f"{key} is set by this stage's field {OWN_FIELDS[key]!r}; set that instead")
+            if key not in known:
+                raise ValueError(f"{key} is not a {name} field")
+        return trainer
 
 
-def default_bf16(config: TrainingConfig) -> bool:
+class TrainingConfig(TrainingOptions):
+    """A training stage that reads one `input` dataset (QFT reads several `sources` instead)."""
+
+    input: DataSource = Field(..., description="Training data: a stage's output folder or file, {bundled: NAME} or {hub: ID, ...}.")
+
+
+# Where our trainer defaults differ from the library's (the one place they are listed); `trainer` overrides them.
+OUR_TRAINER_DEFAULTS = {
+    "report_to": "none",  # library: every installed integration (wandb, tensorboard, ...); ours: none unless asked
+    "save_total_limit": 1,  # library: keep every checkpoint; ours: the last one, all that resuming needs
+}
+
+# Trainer arguments our own config fields set -> that field (a second way to set them would be ambiguous).
+OWN_FIELDS = {
+    "output_dir": "output", "num_train_epochs": "epochs", "max_steps": "max_steps", "learning_rate": "learning_rate",
+    "lr_scheduler_type": "lr_scheduler", "warmup_steps": "warmup_ratio", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "bf16": "bf16",
+    "activation_checkpointing": "gradient_checkpointing", "seed": "seed", "logging_steps": "logging_steps",
+    "save_steps": "save_steps", "disable_tqdm": "progress", "max_length": "max_length",
+}
+
+
+def default_bf16(config: TrainingOptions) -> bool:
     import torch
 
     if config.bf16 is not None:
@@ -69,7 +114,7 @@ def default_bf16(config: TrainingConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def peft_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
+def peft_config(config: TrainingOptions, task_type: str = "CAUSAL_LM"):
     if config.lora is None:
         return None
     from peft import LoraConfig
@@ -83,9 +128,10 @@ def peft_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
     )
 
 
-def trainer_arguments(config: TrainingConfig) -> dict[str, Any]:
-    """Keyword arguments shared by TRL's SFTConfig / DPOConfig and transformers' TrainingArguments."""
-    return dict(
+def trainer_arguments(config: TrainingOptions, arguments_class: type, **stage_arguments: Any):
+    """The stage's trainer arguments: our fields mapped onto TrainingArguments' names, our defaults, the stage's
+    own arguments (e.g. DPO's beta), then the user's `trainer` mapping."""
+    common = dict(
         output_dir=str(config.output / "checkpoints"),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -101,10 +147,9 @@ def trainer_arguments(config: TrainingConfig) -> dict[str, Any]:
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=1,
-        report_to="none",
         disable_tqdm=not config.progress,
     )
+    return arguments_class(**{**common, **OUR_TRAINER_DEFAULTS, **stage_arguments, **config.trainer})
 
 
 def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force: bool = False, check: Callable[[], None] | None = None) -> dict:
@@ -138,7 +183,7 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
     })
 
 
-def finish_training(config: TrainingConfig, trainer, result, started: float, entries: dict) -> dict:
+def finish_training(config: TrainingOptions, trainer, result, started: float, entries: dict) -> dict:
     """Write the manifest (the stage's own `entries`, then steps, losses, time, devices), then drop the checkpoints."""
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     manifest = {
@@ -180,7 +225,7 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
-def save_model(trainer, config: TrainingConfig) -> None:
+def save_model(trainer, config: TrainingOptions) -> None:
     """Save weights and tokenizer into the output folder itself (LoRA merged unless asked not to)."""
     if config.lora is None or not config.lora.merge:
         trainer.save_model(str(config.output))  # gathers sharded (DeepSpeed/FSDP) weights on the main process

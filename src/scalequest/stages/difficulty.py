@@ -339,7 +339,7 @@ def build_regression_trainer(config: DifficultyTrainConfig):
         return Dataset.from_dict({**encoded, "labels": [r["label"] for r in rows]})
 
     train, held_out = split_rows(read_labelled(config), config.eval_fraction, config.seed)
-    args = TrainingArguments(**trainer_arguments(config), per_device_eval_batch_size=config.batch_size, eval_strategy="no")
+    args = trainer_arguments(config, TrainingArguments, per_device_eval_batch_size=config.batch_size, eval_strategy="no")
     return RegressionTrainer(
         model=model,
         args=args,

@@ -14,21 +14,19 @@ hand SFTTrainer token ids with a completion mask; TRL builds the labels (-100 on
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import random
 import time
 from collections import Counter
-from pathlib import Path
 
-from pydantic import Field, create_model
+from pydantic import Field
 
 from scalequest import io
-from scalequest.config import DataSource, StageConfig
+from scalequest.config import DataSource
 from scalequest.models import resolve_model
 from scalequest.runner import prepare_output
-from scalequest.training import TrainingConfig, default_bf16, finish_training, peft_config, save_model, trainer_arguments
+from scalequest.training import TrainingOptions, default_bf16, finish_training, peft_config, save_model, trainer_arguments
 
 log = logging.getLogger("scalequest")
 
@@ -39,20 +37,11 @@ PAPER_SOURCES = [
     DataSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", fields={"question": "problem"}),
 ]
 
-# TrainingConfig's fields without `input`: QFT reads its questions from `sources` instead. (When training.py
-# offers a base without `input`, QFTConfig should subclass that directly.)
-_TrainingFields = create_model(
-    "_TrainingFields",
-    __base__=StageConfig,
-    **{name: (info.annotation, copy.copy(info)) for name, info in TrainingConfig.model_fields.items() if name not in StageConfig.model_fields and name != "input"},
-)
-
-
-class QFTConfig(_TrainingFields):
+class QFTConfig(TrainingOptions):
     """Question fine-tuning: train a chat model to write a question from only the pre-query prefix (TRL SFTTrainer)."""
 
     stage = "qft"
-    runtime_fields = TrainingConfig.runtime_fields
+    arguments_class = "trl:SFTConfig"
 
     sources: list[DataSource] = Field(
         default_factory=lambda: [s.model_copy() for s in PAPER_SOURCES],
@@ -190,8 +179,9 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         return io.read_manifest(config.output)
 
     bf16 = default_bf16(config)
-    args = SFTConfig(
-        **trainer_arguments(config),
+    args = trainer_arguments(
+        config,
+        SFTConfig,
         max_length=config.max_length,
         completion_only_loss=True,
         # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).

@@ -34,6 +34,7 @@ class QPOConfig(TrainingConfig):
     """Question preference optimization: DPO (TRL DPOTrainer) of the QFT model on qpo-data pairs; the QFT model is the reference."""
 
     stage = "qpo"
+    arguments_class = "trl:DPOConfig"
 
     model: str = Field("embedded", description="The QFT model to align; it is also the frozen DPO reference.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs (paper: 1).")
@@ -131,11 +132,10 @@ def run(config: QPOConfig, force: bool = False) -> dict:
     def build_trainer():
         from trl import DPOConfig
 
-        arguments = trainer_arguments(config)
-        if config.warmup_steps:
-            arguments["warmup_steps"] = config.warmup_steps
-        args = DPOConfig(
-            **arguments,
+        args = trainer_arguments(
+            config,
+            DPOConfig,
+            **({"warmup_steps": config.warmup_steps} if config.warmup_steps else {}),
             beta=config.beta,
             loss_type=[config.loss_type],
             max_length=config.max_length,

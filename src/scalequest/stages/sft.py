@@ -17,6 +17,7 @@ class SFTStageConfig(TrainingConfig):
     """Fine-tune a model on a question/response dataset (TRL SFTTrainer, loss on the response only)."""
 
     stage = "sft"
+    arguments_class = "trl:SFTConfig"
 
     epochs: float = Field(3.0, gt=0, description="Passes over the data (paper: 3).")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5; 5e-5 for Llama3 and DeepSeekMath bases).")
@@ -51,8 +52,9 @@ def run(config: SFTStageConfig, force: bool = False) -> dict:
         source = resolve_model(config.model, config.revision)
         args_bf16 = default_bf16(config)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
-        args = SFTConfig(
-            **trainer_arguments(config),
+        args = trainer_arguments(
+            config,
+            SFTConfig,
             max_length=config.max_length,
             packing=config.packing,
             completion_only_loss=True,
