@@ -17,6 +17,12 @@ from scalequest.config import ConfigError, EngineConfig, Section, describe_field
 
 EXIT_BAD_INPUT = 2
 
+# Library warnings about the libraries' own internals, which a user can do nothing about (shown with --debug);
+# every other warning stays visible.
+QUIET_WARNINGS = [
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+]
+
 
 def fields_help(cls: type[Section]) -> str:
     rows = describe_fields(cls)
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         import warnings
 
-        warnings.filterwarnings("ignore")
+        for category, message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
         logging.getLogger("transformers").setLevel(logging.ERROR)
     from transformers.utils import logging as transformers_logging
 

@@ -44,7 +44,7 @@ from scalequest.stages.responses import GenerateResponses, GenerateResponsesConf
 from scalequest.stages.reward import RewardSelect, RewardSelectConfig
 from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityConfig
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from scalequest import io
 from scalequest.config import EngineConfig, RowStageConfig, StageConfig
 from scalequest.models import model_provenance
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = ("scalequest", "torch", "transformers", "trl", "peft", "datasets", "vllm", "openai", "math-verify", "ray")
 

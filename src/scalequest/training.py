@@ -16,7 +16,6 @@ import logging
 import shutil
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pydantic import Field, field_validator
@@ -26,7 +25,7 @@ from scalequest.config import DataSource, Section, StageConfig
 from scalequest.models import model_provenance
 from scalequest.runner import package_versions, prepare_output
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 
 class LoraOptions(Section):
@@ -148,6 +147,8 @@ def trainer_arguments(config: TrainingOptions, arguments_class: type, **stage_ar
         save_strategy="steps",
         save_steps=config.save_steps,
         disable_tqdm=not config.progress,
+        # Pinned memory only helps copies to a GPU; on a CPU torch warns about it on every data loader.
+        dataloader_pin_memory=gpu_count() > 0,
     )
     return arguments_class(**{**common, **OUR_TRAINER_DEFAULTS, **stage_arguments, **config.trainer})
 

@@ -48,7 +48,7 @@ from fractions import Fraction
 from queue import Queue
 from typing import IO
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
 # 1. Extraction
@@ -313,7 +313,7 @@ class _GradingProcess:
         reply = process.stdout.readline()
         if not reply:
             # The child crashed on this item (e.g. killed for memory); it is not a timeout.
-            logger.warning("answer-grading process died while checking %r against %r", predicted[:80], gold[:80])
+            log.warning("answer-grading process died while checking %r against %r", predicted[:80], gold[:80])
             self.close()
             return GradeResult(correct=False, timed_out=False)
         return GradeResult(correct=reply.strip() == b"1", timed_out=False)

@@ -41,14 +41,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from scalequest import io, runner
-from scalequest.config import ConfigError, DataSource, EngineConfig, RowStageConfig, Section, ShardedStageConfig, sampling_config
+from scalequest.config import ConfigError, DataSource, EngineConfig, RowStageConfig, Section, sampling_config
 from scalequest.engines import load_engine
 from scalequest.models import ModelError, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 BUCKETS = ("very_easy", "easy", "medium", "hard", "very_hard")
 Bucket = Literal["very_easy", "easy", "medium", "hard", "very_hard"]

@@ -19,7 +19,6 @@ from pydantic import Field, field_validator
 from scalequest import io
 from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 

@@ -39,7 +39,7 @@ from scalequest import io
 from scalequest.config import RowStageConfig, StageConfig
 from scalequest.runner import RowStage, Shard, ShardResult, finished_stats, run_stage
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 DATA_DIR = "data"
 CARD = "README.md"

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.models import load_tokenizer, resolve_model
+from scalequest.models import load_tokenizer
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import pre_query_prefix, stop_strings
 

@@ -28,7 +28,7 @@ from scalequest.models import resolve_model
 from scalequest.runner import prepare_output
 from scalequest.training import TrainingOptions, default_bf16, finish_training, peft_config, save_model, trainer_arguments
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 
 # The paper's QFT data: GSM8K train and MATH train questions, no solutions (~15K).

@@ -25,7 +25,7 @@ from scalequest.stages.qft import split_tokens
 from scalequest.stages.qpo_data import normalized
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 

@@ -27,7 +27,6 @@ from pydantic import Field
 from scalequest import io
 from scalequest.config import ConfigError, EngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import Engine, load_engine
-from scalequest.models import resolve_model
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig, QuestionSampling

@@ -37,7 +37,7 @@ from scalequest.config import RowStageConfig, Section
 from scalequest.models import ModelError, resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 
-log = logging.getLogger("scalequest")
+log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
 

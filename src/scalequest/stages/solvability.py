@@ -19,7 +19,6 @@ from pydantic import Field
 
 from scalequest.config import EngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.models import resolve_model
 from scalequest.runner import RowStage, Shard, ShardResult
 from scalequest.templates import uses_chat_template
 
