@@ -95,7 +95,7 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
-    from scalequest.runner import Shard
+    from scalequest.stage import Shard
     from scalequest.stages.difficulty import ScoreDifficulty, ScoreDifficultyConfig
 
     if args.threads:

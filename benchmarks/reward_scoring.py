@@ -76,7 +76,9 @@ def main() -> None:
 
     import torch
 
-    from scalequest.stages.reward import ClassifierScorer, RewardModelConfig, conversation
+    from scalequest.scorers import conversation
+    from scalequest.scorers.sequence_classification import ClassifierScorer
+    from scalequest.stages.reward import RewardModelConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from scalequest.config import ConfigError, EngineConfig, Section, describe_fields, load_config
+from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, Section, describe_fields, load_config
 
 EXIT_BAD_INPUT = 2
 
@@ -42,7 +42,7 @@ def add_common(parser: argparse.ArgumentParser, config: bool = True) -> None:
 
 
 class ServeConfig(Section):
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The model to serve.")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The model to serve.")
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     served_model_name: str | None = Field(None, description="Model name clients send; default: engine.model.")

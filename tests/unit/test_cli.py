@@ -14,7 +14,7 @@ import yaml
 
 from scalequest import io
 from scalequest.cli import EXIT_BAD_INPUT, main
-from scalequest.config import ConfigError, DataSource, Section
+from scalequest.config import ConfigError, Section, section_types
 from scalequest.io import DataError
 from scalequest.pipeline import STAGES
 
@@ -43,9 +43,15 @@ def leaf_fields(cls: type[Section], prefix: str = "", defaults=None):
             value = getattr(defaults, name)
         else:
             value = None if info.is_required() else info.get_default(call_default_factory=True)
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource:
-            yield from leaf_fields(annotation, f"{prefix}{name}.", value)
+        sections = section_types(info.annotation)
+        if sections:
+            seen = set()
+            for section in sections:
+                current = value if isinstance(value, section) else section()
+                for key, *rest in leaf_fields(section, f"{prefix}{name}.", current):
+                    if key not in seen:
+                        seen.add(key)
+                        yield (key, *rest)
             continue
         shown = "(required)" if defaults is None and info.is_required() else json.dumps(value, default=str)
         yield prefix + name, shown, info.description

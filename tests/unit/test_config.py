@@ -9,15 +9,17 @@ import pytest
 import yaml
 
 from scalequest.config import (
-    DataSource,
     ConfigError,
-    EngineConfig,
+    DataSource,
+    HFEngineConfig,
     SamplingConfig,
     Section,
+    build_config,
     describe_fields,
     load_config,
     parse_overrides,
     read_yaml,
+    section_types,
 )
 from scalequest.pipeline import STAGES, load_pipeline
 from scalequest.stages.filters import FilterLanguageConfig
@@ -98,7 +100,7 @@ def test_yaml_plus_overrides_with_typed_values(tmp_path):
             "sampling.stop=[END, STOP]",
             "sampling.seed=3",
             "engine.batch_size=4",
-            "engine.request_timeout=2.5",
+            "executor.num_cpus_per_worker=2.5",
             "engine.trust_remote_code=true",
             "progress=false",
             "system_prompt=null",
@@ -113,7 +115,7 @@ def test_yaml_plus_overrides_with_typed_values(tmp_path):
     assert config.sampling.seed == 3
     assert config.engine.model == "m"
     assert config.engine.batch_size == 4
-    assert config.engine.request_timeout == 2.5
+    assert config.executor.num_cpus_per_worker == 2.5  # engine.request_timeout is an openai field only
     assert config.engine.trust_remote_code is True
     assert config.progress is False
     assert config.system_prompt is None
@@ -205,7 +207,7 @@ def test_nested_override_keeps_sibling_defaults(tmp_path):
     assert config.sampling.top_p == 0.99
     assert config.sampling.temperature == 1.0
     assert config.sampling.seed == 0 and config.sampling.n == 1
-    assert config.engine == EngineConfig()
+    assert config.engine == HFEngineConfig()
 
 
 def test_nested_yaml_section_keeps_sibling_defaults(tmp_path):
@@ -274,11 +276,16 @@ def walk_fields(cls: type[Section], prefix: str = ""):
     """(dotted key, FieldInfo, is_section) for every field, recursively."""
     for name, info in cls.model_fields.items():
         annotation = info.annotation
-        # A data source is one value on the command line (input=PATH or input={hub: ...}), not a section.
-        is_section = isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not DataSource
-        yield prefix + name, info, is_section
-        if is_section:
-            yield from walk_fields(annotation, f"{prefix}{name}.")
+        # A data source is one value on the command line (input=PATH or input={hub: ...}), not a section; an
+        # engine section is a union of backends whose fields are listed once each.
+        sections = section_types(annotation)
+        yield prefix + name, info, bool(sections)
+        seen = set()
+        for section in sections:
+            for key, *rest in walk_fields(section, f"{prefix}{name}."):
+                if key not in seen:
+                    seen.add(key)
+                    yield (key, *rest)
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -391,3 +398,26 @@ def test_pipeline_stage_with_empty_body_uses_defaults(tmp_path):
     path.write_text(f"output_dir: {tmp_path / 'run'}\nstages:\n  generate-questions:\n    num: 2\n  filter-language:\n")
     _, stages = load_pipeline(path)
     assert [name for name, _ in stages] == ["generate-questions", "filter-language"]
+
+
+# --- engines: fields typed per backend --------------------------------------------------------------
+
+
+def test_engine_fields_are_typed_per_backend_with_the_keys_users_write(tmp_path):
+    from scalequest.config import OpenAIEngineConfig, VLLMEngineConfig
+
+    base = {"output": str(tmp_path / "q")}
+    assert isinstance(build_config(GenerateQuestionsConfig, {**base, "engine": {"model": "m"}}).engine, HFEngineConfig)
+    openai = build_config(GenerateQuestionsConfig, {**base, "engine": {"engine": "openai", "base_url": "http://h/v1"}}).engine
+    assert isinstance(openai, OpenAIEngineConfig) and openai.base_url == "http://h/v1"
+    vllm = load_config(GenerateQuestionsConfig, None, [f"output={tmp_path / 'q'}", "engine.engine=vllm", "engine.max_model_len=512"])
+    assert isinstance(vllm.engine, VLLMEngineConfig) and vllm.engine.max_model_len == 512
+    assert "base_url" not in vllm.model_dump()["engine"]  # config.yaml holds only the backend's own fields
+
+
+def test_a_field_of_another_backend_names_its_backend(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'engine.base_url' for stage generate-questions "
+                                          r"\(a field of engine openai, not hf\)"):
+        build_config(GenerateQuestionsConfig, {"output": "q", "engine": {"base_url": "http://h/v1"}}, "g.yaml")
+    with pytest.raises(ConfigError, match=r"key 'engine.engine': one of hf, vllm, openai \(got 'tpu'\)"):
+        build_config(GenerateQuestionsConfig, {"output": "q", "engine": {"engine": "tpu"}}, "g.yaml")

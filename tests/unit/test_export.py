@@ -22,7 +22,8 @@ from scalequest.engines.base import Completion, Engine
 from scalequest.stages.export import Export, ExportConfig, lineage, write_parquet
 from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
-from scalequest.stages.reward import RewardSelect, RewardSelectConfig, Scorer
+from scalequest.scorers.base import Scorer
+from scalequest.stages.reward import RewardSelect, RewardSelectConfig
 
 QUESTIONS = [
     {"id": "q0", "question": "Tom has 3 apples and buys 5 more. How many apples does he have?", "generator": "gen-model"},

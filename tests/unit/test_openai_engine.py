@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from scalequest.config import EngineConfig
+from scalequest.config import engine_config
 from scalequest.engines import load_engine
 from scalequest.engines.base import SamplingParams
 from scalequest.engines.openai import OpenAIEngine, split_evenly
@@ -39,7 +39,7 @@ def start(server: ThreadingHTTPServer) -> threading.Thread:
 
 
 def openai_engine(port: int, **overrides) -> OpenAIEngine:
-    config = EngineConfig(engine="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, **overrides)
+    config = engine_config(engine="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, **overrides)
     return OpenAIEngine(config)
 
 
@@ -50,7 +50,7 @@ def openai_engine(port: int, **overrides) -> OpenAIEngine:
 def served(tiny_model_dir):
     from scalequest.engines.hf import HFEngine
 
-    hf = HFEngine(EngineConfig(model=str(tiny_model_dir)))
+    hf = HFEngine(engine_config(model=str(tiny_model_dir)))
     server = make_server(hf, "tiny", "127.0.0.1", 0)
     start(server)
     yield hf, server.server_address[1]
@@ -338,10 +338,10 @@ def test_unset_key_with_base_url_sends_a_dummy_key():
 
 def test_unset_key_without_base_url_raises_naming_the_variable():
     with pytest.raises(ValueError, match=KEY_ENV):
-        OpenAIEngine(EngineConfig(engine="openai", model="gpt-4o-mini", api_key_env=KEY_ENV))
+        OpenAIEngine(engine_config(engine="openai", model="gpt-4o-mini", api_key_env=KEY_ENV))
 
 
 def test_load_engine_builds_openai_engine():
-    engine = load_engine(EngineConfig(engine="openai", model="tiny", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
+    engine = load_engine(engine_config(engine="openai", model="tiny", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
     assert isinstance(engine, OpenAIEngine) and "tiny" in repr(engine)
     engine.close()

@@ -10,7 +10,7 @@ import pytest
 
 from scalequest import cost
 from scalequest.cli import build_parser, main
-from scalequest.config import ConfigError, StageConfig
+from scalequest.config import ConfigError, StageConfig, section_types
 from scalequest.pipeline import STAGES, load_pipeline
 
 
@@ -29,8 +29,10 @@ def test_every_stage_is_declared_with_its_command_config_kind_and_phase():
         for field, sources in stage.feeds.items():
             assert set(sources) <= set(earlier), f"{name}.{field} is fed by a later stage"
             node = stage.config
-            for part in field.split("."):  # every fed field exists in the config
-                node = node.model_fields[part].annotation
+            *parents, leaf = field.split(".")
+            for part in parents:  # every fed field exists in the config
+                node = section_types(node.model_fields[part].annotation)[0]
+            assert leaf in node.model_fields
     # The cost table's phases come from the declaration, in pipeline order.
     phases = [stage.phase for stage in STAGES.values()]
     assert phases[0] == "Question fine-tuning (QFT)" and phases[-1] == "Evaluation"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from scalequest.config import DataSource, EngineConfig
+from scalequest.config import DataSource, engine_config
 from scalequest.engines import SamplingParams
 from scalequest.io import DataError
 from scalequest.stages import qft
@@ -137,7 +137,7 @@ def test_qft_learns_to_write_the_question_and_stop(tmp_path, tiny_model_dir):
     assert manifest["steps"] == 40 and manifest["rows_out"] == 4
     assert manifest["last_logged_loss"] < manifest["first_logged_loss"] * 0.5
     assert manifest["pre_query_prefix"].endswith("<|im_start|>user\n") and manifest["end_of_turn"] == "<|im_end|>"
-    engine = HFEngine(EngineConfig(model=str(tmp_path / "qft"), dtype="float32"))
+    engine = HFEngine(engine_config(model=str(tmp_path / "qft"), dtype="float32"))
     prefix = pre_query_prefix(engine.tokenizer)
     [[completion]] = engine.generate([prefix], SamplingParams(temperature=0, max_new_tokens=40, stop=tuple(stop_strings(engine.tokenizer))))
     engine.close()

@@ -137,7 +137,7 @@ def test_gpus_per_actor_come_from_whichever_models_the_stage_loads(tmp_path, tin
         "difficulty-cpu": ScoreDifficulty(ScoreDifficultyConfig(input=source, output=tmp_path / "c", regressor="r", device="cpu", executor=executor)),
         "reward-vllm": RewardSelect(RewardSelectConfig(input=source, output=tmp_path / "d", executor=executor,
                                                        reward={"backend": "vllm", "tensor_parallel_size": 2})),
-        "qpo-data": BuildQPOData(QPODataConfig(output=tmp_path / "e", executor=executor, generator={"model": "g", "tensor_parallel_size": 2},
+        "qpo-data": BuildQPOData(QPODataConfig(output=tmp_path / "e", executor=executor, generator={"engine": "vllm", "model": "g", "tensor_parallel_size": 2},
                                                optimizer={"engine": "openai", "model": "gpt-4o-mini"})),
     }
     assert {name: stage.gpus_per_replica() for name, stage in stages.items()} == {

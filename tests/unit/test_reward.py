@@ -19,21 +19,11 @@ import pytest
 from conftest import build_tiny_model_dir, build_tiny_tokenizer
 from scalequest import io
 from scalequest.models import ModelError
-from scalequest.stages.reward import (
-    ClassifierScorer,
-    RemoteCodeScorer,
-    RewardModelConfig,
-    RewardSelect,
-    RewardSelectConfig,
-    Scorer,
-    best_response,
-    conversation,
-    length_batches,
-    load_scorer,
-    read_scores,
-    render_ids,
-    score_head_kind,
-)
+from scalequest.scorers import Scorer, conversation, load_scorer, score_head_kind
+from scalequest.scorers.base import render_ids
+from scalequest.scorers.remote_code import RemoteCodeScorer
+from scalequest.scorers.sequence_classification import ClassifierScorer, length_batches
+from scalequest.stages.reward import RewardModelConfig, RewardSelect, RewardSelectConfig, best_response, read_scores
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -383,7 +373,7 @@ def test_vllm_scores_match_transformers(tmp_path, tiny_tokenizer):
     chats = [conversation(q, r) for q, r in PAIRS]
     expected = ClassifierScorer(RewardModelConfig(model=str(tmp_path / "model"), dtype="float32")).score(chats)
     scorer = load_scorer(RewardModelConfig(
-        backend="vllm", model=str(tmp_path / "model"), dtype="float32", max_model_len=512, model_kwargs={"enforce_eager": True}
+        backend="vllm", model=str(tmp_path / "model"), dtype="float32", max_model_len=512, engine_kwargs={"enforce_eager": True}
     ))
     try:
         got = scorer.score(chats)

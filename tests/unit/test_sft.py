@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scalequest.config import EngineConfig
+from scalequest.config import engine_config
 from scalequest.engines import SamplingParams
 from scalequest.engines.hf import HFEngine
 from scalequest.io import DataError
@@ -32,7 +32,7 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
     assert manifest["last_logged_loss"] < manifest["first_logged_loss"] * 0.8
     out = tmp_path / "sft"
     assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
-    engine = HFEngine(EngineConfig(model=str(out)))
+    engine = HFEngine(engine_config(model=str(out)))
     completions = engine.generate([[{"role": "user", "content": "What is 3 plus 3?"}]], SamplingParams(temperature=0, max_new_tokens=8))
     assert len(completions[0]) == 1
     # Finished with the same config: skipped, the manifest is not rewritten.

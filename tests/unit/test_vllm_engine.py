@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from scalequest.config import EngineConfig  # noqa: E402
+from scalequest.config import engine_config  # noqa: E402
 from scalequest.engines.base import SamplingParams  # noqa: E402
 from scalequest.engines.hf import HFEngine  # noqa: E402
 from scalequest.engines.vllm import VLLMEngine  # noqa: E402
@@ -51,7 +51,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 def engine(model_dir):
     # float32 so greedy output can be compared with the hf engine; enforce_eager skips torch.compile,
     # which cuts engine start on CPU from ~95 s to ~30 s.
-    config = EngineConfig(engine="vllm", model=str(model_dir), dtype="float32", max_model_len=256, engine_kwargs={"enforce_eager": True})
+    config = engine_config(engine="vllm", model=str(model_dir), dtype="float32", max_model_len=256, engine_kwargs={"enforce_eager": True})
     engine = VLLMEngine(config)
     yield engine
     engine.close()
@@ -126,7 +126,7 @@ def test_stop_string_cuts_the_text(engine):
 def test_greedy_matches_hf_engine(engine, model_dir):
     prompts = [RAW[0], CHAT[0], RAW[1], CHAT[1]]
     params = SamplingParams(temperature=0.0, max_new_tokens=8)
-    hf = HFEngine(EngineConfig(engine="hf", model=str(model_dir), dtype="float32", device="cpu"))
+    hf = HFEngine(engine_config(engine="hf", model=str(model_dir), dtype="float32", device="cpu"))
     try:
         expected = hf.generate(prompts, params)
     finally:

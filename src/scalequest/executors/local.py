@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from scalequest.runner import RowStage, Shard, write_shard
+from scalequest.stage import RowStage, Shard, write_shard
 
 
 def run_local(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int, done_rows: int = 0) -> None:

@@ -29,7 +29,7 @@ from ray.util.queue import Queue
 from tqdm.auto import tqdm
 
 from scalequest.config import ConfigError
-from scalequest.runner import RowStage, Shard, write_shard
+from scalequest.stage import RowStage, Shard, write_shard
 
 READ_CPUS = 0.1  # the one read task mostly waits on the queue; a whole CPU would starve small nodes
 SHARDS_IN_FLIGHT_PER_WORKER = 4  # fed but not yet finished: keeps every worker busy, bounds memory

@@ -24,7 +24,8 @@ from pydantic import Field, field_validator
 
 from scalequest import io
 from scalequest.config import RowStageConfig
-from scalequest.runner import RowStage, Shard, ShardResult, finished_stats
+from scalequest.runner import finished_stats
+from scalequest.stage import RowStage, Shard, ShardResult
 
 if TYPE_CHECKING:
     import numpy as np

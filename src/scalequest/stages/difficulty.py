@@ -41,10 +41,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from scalequest import io, runner
-from scalequest.config import ConfigError, DataSource, EngineConfig, RowStageConfig, Section, sampling_config
+from scalequest.config import ConfigError, DataSource, EngineConfig, HFEngineConfig, RowStageConfig, Section, sampling_config
 from scalequest.engines import load_engine
 from scalequest.models import ModelError, resolve_model
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
+from scalequest.scorers.sequence_classification import (
+    architectures, head_outputs, load_classifier, read_model_config, score_texts, use_padding,
+)
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
@@ -110,7 +113,7 @@ class DifficultyLabelConfig(RowStageConfig):
         "gsm8k", description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with \\boxed{} (MATH); plain = the answer itself."
     )
     limit: int | None = Field(None, ge=1, description="Label only the first N questions.")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The solver (paper: DeepSeekMath-7B-RL).")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The solver (paper: DeepSeekMath-7B-RL).")
     sampling: LabelSampling = Field(
         default_factory=LabelSampling, description="Solver sampling; sampling.n = solutions per question (default 8, temperature 0.7)."
     )
@@ -386,21 +389,15 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
 
 def check_regressor(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
     """The regressor's location, after checking it is a 1-output sequence-classification model."""
-    from transformers import AutoConfig
-
-    source = resolve_model(name, revision)
-    try:
-        model_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load regressor {name!r}: {str(err).splitlines()[0]}") from None
-    architectures = list(getattr(model_config, "architectures", None) or [])
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    source, model_config = read_model_config(name, revision, trust_remote_code, what="regressor")
+    outputs = head_outputs(model_config)
+    if outputs is None:
         raise ModelError(
             f"regressor {name} is not a sequence-classification model (its config.json lists architectures "
-            f"{architectures or 'none'}); train one with difficulty-train"
+            f"{architectures(model_config) or 'none'}); train one with difficulty-train"
         )
-    if model_config.num_labels != 1:
-        raise ModelError(f"regressor {name} has {model_config.num_labels} outputs; a difficulty regressor has 1")
+    if outputs != 1:
+        raise ModelError(f"regressor {name} has {outputs} outputs; a difficulty regressor has 1")
     return source
 
 
@@ -435,19 +432,8 @@ class ScoreDifficultyConfig(RowStageConfig):
 
 def score_questions(model, tokenizer, questions: list[str], batch_size: int, max_length: int) -> list[float]:
     """The regressor's score for each question, in order; batches are sorted by length to save padding."""
-    import torch
-
-    encoded = [tokenizer(q, truncation=True, max_length=max_length)["input_ids"] for q in questions]
-    order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
-    scores: list[float] = [0.0] * len(questions)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(model.device)
-            logits = model(**inputs).logits[:, 0].float().tolist()
-            for index, value in zip(batch, logits):
-                scores[index] = value
-    return scores
+    # No cap on a batch's padding: questions are short, so full batches pay even on a CPU (the numbers above).
+    return score_texts(model, tokenizer, questions, batch_size, max_length, max_padding=None)
 
 
 class ScoreDifficulty(RowStage):
@@ -463,20 +449,17 @@ class ScoreDifficulty(RowStage):
         return 0 if self.config.device == "cpu" else 1
 
     def setup(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from scalequest.engines.hf import pick_device_and_dtype
+        from transformers import AutoTokenizer
 
         config = self.config
         source = check_regressor(config.regressor, config.trust_remote_code, config.regressor_revision)
-        device, dtype = pick_device_and_dtype(config.device, config.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
-        prepare_tokenizer(self.tokenizer)
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, trust_remote_code=config.trust_remote_code)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = model.to(device).eval()
+        prepare_tokenizer(self.tokenizer)  # pad with EOS when there is no pad token, as difficulty-train does
+        self.model = load_classifier(source, config.regressor, what="regressor", device=config.device,
+                                     dtype=config.dtype, trust_remote_code=config.trust_remote_code)
         self.batch_size = config.batch_size or (GPU_BATCH_SIZE if self.model.device.type == "cuda" else CPU_BATCH_SIZE)
+        if not use_padding(self.model, self.tokenizer):  # neither a pad nor an EOS token to pad with
+            self.batch_size = 1
 
     def process(self, shard: Shard) -> ShardResult:
         field = self.config.field

@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from scalequest import io
-from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 
 EvaluationSampling = sampling_config("EvaluationSampling", temperature=0.0, top_p=1.0, max_new_tokens=2048)
@@ -38,7 +38,7 @@ class EvaluateConfig(ShardedStageConfig):
         None, description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); else the Hub."
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions of each benchmark (quick runs).")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The model to evaluate.")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The model to evaluate.")
     sampling: EvaluationSampling = Field(
         default_factory=EvaluationSampling, description="Decoding; greedy by default. Set sampling.n=k with a temperature for a majority vote."
     )

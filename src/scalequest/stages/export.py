@@ -37,7 +37,8 @@ from pydantic import Field
 
 from scalequest import io
 from scalequest.config import RowStageConfig, StageConfig
-from scalequest.runner import RowStage, Shard, ShardResult, finished_stats, run_stage
+from scalequest.runner import finished_stats, run_stage
+from scalequest.stage import RowStage, Shard, ShardResult
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from scalequest import io
 from scalequest.config import RowStageConfig
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 
 
 class FilterLanguageConfig(RowStageConfig):

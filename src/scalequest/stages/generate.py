@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import load_engine
 from scalequest.models import load_tokenizer
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import pre_query_prefix, stop_strings
 
 
@@ -26,7 +26,7 @@ class GenerateQuestionsConfig(ShardedStageConfig):
     stage = "generate-questions"
 
     num: int = Field(1000, ge=0, description="Questions to sample (the paper: 1M per generator).")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The question generator.")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The question generator.")
     sampling: QuestionSampling = Field(
         default_factory=QuestionSampling,
         description="Sampling parameters (paper: temperature 1.0, top_p 0.99, 512 new tokens).",

@@ -25,10 +25,10 @@ from typing import Literal
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import ConfigError, EngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import Engine, load_engine
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig, QuestionSampling
 
 OptimizerSampling = sampling_config("OptimizerSampling", temperature=0.0, top_p=1.0, max_new_tokens=1024)
@@ -40,14 +40,14 @@ class QPODataConfig(ShardedStageConfig):
     stage = "qpo-data"
 
     num: int = Field(10000, ge=0, description="Questions to sample and rewrite (paper: 10K).")
-    generator: EngineConfig = Field(default_factory=EngineConfig, description="The question generator: the QFT model.")
+    generator: EngineConfig = Field(default_factory=HFEngineConfig, description="The question generator: the QFT model.")
     sampling: QuestionSampling = Field(
         default_factory=QuestionSampling, description="Question sampling (as generate-questions: temperature 1.0, top_p 0.99, 512 new tokens)."
     )
     system_prompt: str | None = Field(None, description="System turn in the prefix; must match what QFT trained with (default: none).")
     pre_query_prefix: str | None = Field(None, description="Literal prompt text to use instead of the prefix derived from the chat template.")
     optimizer: EngineConfig = Field(
-        default_factory=EngineConfig, description="The model that rewrites questions (paper: gpt-4o-mini through engine=openai)."
+        default_factory=HFEngineConfig, description="The model that rewrites questions (paper: gpt-4o-mini through engine=openai)."
     )
     optimizer_sampling: OptimizerSampling = Field(
         default_factory=OptimizerSampling, description="Optimizer sampling (paper: temperature 0)."

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, RowStageConfig, sampling_config
+from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.stages.generate import shard_seed
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 
@@ -37,7 +37,7 @@ class GenerateResponsesConfig(RowStageConfig):
     stage = "generate-responses"
 
     engine: EngineConfig = Field(
-        default_factory=EngineConfig, description="The solver (paper: Qwen/Qwen2-Math-7B-Instruct)."
+        default_factory=HFEngineConfig, description="The solver (paper: Qwen/Qwen2-Math-7B-Instruct)."
     )
     sampling: ResponseSampling = Field(
         default_factory=ResponseSampling,

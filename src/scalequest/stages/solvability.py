@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, RowStageConfig, sampling_config
+from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import load_engine
-from scalequest.runner import RowStage, Shard, ShardResult
+from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import uses_chat_template
 
 # Our wording. No braces other than the placeholder: the question goes in with str.format.
@@ -45,7 +45,7 @@ class FilterSolvabilityConfig(RowStageConfig):
     stage = "filter-solvability"
 
     field: str = Field("question", description="Row field holding the question text.")
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The judge model (paper: Qwen2-Math-7B-Instruct).")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The judge model (paper: Qwen2-Math-7B-Instruct).")
     sampling: JudgeSampling = Field(
         default_factory=JudgeSampling, description="Judge decoding (paper: greedy, up to 2048 new tokens)."
     )
