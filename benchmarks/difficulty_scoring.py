@@ -96,7 +96,7 @@ def main() -> None:
     from transformers import pipeline
 
     from scalequest.stage import Shard
-    from scalequest.stages.difficulty import ScoreDifficulty, ScoreDifficultyConfig
+    from scalequest.stages.filter_difficulty import ScoreDifficulty, ScoreDifficultyConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,7 +133,7 @@ def main() -> None:
 
         rates: dict[str, list[float]] = {"one at a time": []} | {name: [] for name in stages}
         for round_index in range(args.rounds):
-            runs = [("one at a time", lambda: one_at_a_time(pipe, questions))]
+            runs = [("one at a time", lambda pipe=pipe: one_at_a_time(pipe, questions))]
             runs += [(name, lambda stage=stage: stage.process(shard)) for name, stage in stages.items()]
             if round_index % 2:
                 runs.reverse()

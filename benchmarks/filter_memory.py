@@ -53,7 +53,7 @@ def write_input(folder: Path, rows: int, seed: int = 0) -> None:
 
 
 def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: int) -> None:
-    from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
+    from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
     # Import the executor first, so the growth below is the run's own, not Ray's or tqdm's code.
     __import__(f"scalequest.executors.{executor}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scalequest.engines import SamplingParams, load_engine
 from scalequest.runner import run_stage
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig, shard_seed
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, shard_seed
 from scalequest.templates import pre_query_prefix, stop_strings
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from scalequest import io
 from scalequest.stages import qft, qpo
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "gsm8k_train.jsonl"

@@ -78,7 +78,7 @@ def main() -> None:
 
     from scalequest.scorers import conversation
     from scalequest.scorers.sequence_classification import ClassifierScorer
-    from scalequest.stages.reward import RewardModelConfig
+    from scalequest.stages.reward_select import RewardModelConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

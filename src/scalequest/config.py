@@ -225,7 +225,7 @@ class StageConfig(Section):
 
     stage: ClassVar[str] = ""
     # Fields that change how a stage runs but not what it writes; they stay out of the config hash.
-    runtime_fields: ClassVar[set[str]] = {"output", "progress", "executor"}
+    runtime_fields: ClassVar[set[str]] = {"output", "progress", "executor", "keep_removed"}
 
     output: Path = Field(..., description="Output folder (data, config.yaml, manifest.json).")
     progress: bool = Field(True, description="Show progress bars.")
@@ -240,6 +240,9 @@ class ShardedStageConfig(StageConfig):
 
     shard_size: int = Field(1000, ge=1, description="Rows per output shard; a shard is the unit of resume.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where shards run: local or ray (e.g. executor=ray).")
+    keep_removed: bool = Field(
+        True, description="Write every removed row, with its reason and evidence, under OUTPUT/removed/ (false: only count them)."
+    )
 
 
 class RowStageConfig(ShardedStageConfig):

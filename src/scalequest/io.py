@@ -27,6 +27,7 @@ SHARD_GLOB = "shard-*.jsonl"
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 STATS_DIR = ".stats"
+REMOVED_DIR = "removed"
 
 
 class DataError(ValueError):
@@ -35,6 +36,11 @@ class DataError(ValueError):
 
 def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.jsonl"
+
+
+def removed_path(folder: Path, index: int) -> Path:
+    """Rows a stage removed from shard `index`, each with its reason and evidence."""
+    return folder / REMOVED_DIR / f"shard-{index:05d}.jsonl"
 
 
 def stats_path(folder: Path, index: int) -> Path:
@@ -58,7 +64,7 @@ def to_jsonl(rows: list[dict]) -> str:
 
 def remove_temporary_files(folder: Path) -> None:
     """Leftovers of a killed run; never complete, so always safe to delete."""
-    for tmp in list(folder.glob(".*.tmp-*")) + list((folder / STATS_DIR).glob(".*.tmp-*")):
+    for tmp in [*folder.glob(".*.tmp-*"), *(folder / STATS_DIR).glob(".*.tmp-*"), *(folder / REMOVED_DIR).glob(".*.tmp-*")]:
         tmp.unlink(missing_ok=True)
 
 

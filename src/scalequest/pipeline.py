@@ -27,22 +27,17 @@ from pydantic import Field
 from scalequest.config import ConfigError, Section, StageConfig, build_config, deep_merge, parse_overrides, read_yaml
 from scalequest.stages import qft, qpo, sft
 from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
-from scalequest.stages.difficulty import (
-    DifficultyLabelConfig,
-    DifficultyTrainConfig,
-    FilterDifficulty,
-    FilterDifficultyConfig,
-    LabelDifficulty,
-    train_regressor,
-)
+from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
+from scalequest.stages.difficulty_train import DifficultyTrainConfig, train_regressor
+from scalequest.stages.filter_difficulty import FilterDifficulty, FilterDifficultyConfig
 from scalequest.stages.evaluate import Evaluate, EvaluateConfig
 from scalequest.stages.export import Export, ExportConfig
-from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
-from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
-from scalequest.stages.reward import RewardSelect, RewardSelectConfig
-from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityConfig
+from scalequest.stages.generate_responses import GenerateResponses, GenerateResponsesConfig
+from scalequest.stages.reward_select import RewardSelect, RewardSelectConfig
+from scalequest.stages.filter_solvability import FilterSolvability, FilterSolvabilityConfig
 
 log = logging.getLogger(__name__)
 

@@ -166,6 +166,7 @@ def build_manifest(stage: RowStage, fingerprint: str | None, started: float) -> 
         "wall_seconds": round(totals["seconds"], 3),
         "last_run_seconds": round(time.time() - started, 3),
         "devices": sorted(devices),
+        **({"removed": f"{io.REMOVED_DIR}/shard-*.jsonl"} if any((out / io.REMOVED_DIR).glob(io.SHARD_GLOB)) else {}),
         "models": model_provenance(config),
         "gpu_hours": round(totals["gpu_seconds"] / 3600, 6),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

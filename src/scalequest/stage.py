@@ -37,6 +37,13 @@ class ShardResult:
     tokens_in: int = 0
     tokens_out: int = 0
     counts: Counter = field(default_factory=Counter)  # any other per-stage tallies
+    removed: list[dict] = field(default_factory=list)  # removed rows, {id, reason, evidence, row}: OUTPUT/removed/
+
+    def remove(self, row: dict, reason: str, evidence: Any = None) -> None:
+        """Drop `row` for `reason`, keeping it with the evidence for the decision (a judge's output, a score,
+        the matching n-gram) so that what a filter removed can be inspected, not only counted."""
+        self.dropped[reason] += 1
+        self.removed.append({"id": row.get("id"), "reason": reason, "evidence": evidence, "row": row})
 
 
 class RowStage(ABC):
@@ -130,9 +137,10 @@ class RowStage(ABC):
 
 
 def write_shard(
-    out: Path, shard: Shard, result: ShardResult, seconds: float, devices: tuple[str, int] = ("cpu", 0)
+    out: Path, shard: Shard, result: ShardResult, seconds: float, devices: tuple[str, int] = ("cpu", 0),
+    keep_removed: bool = True,
 ) -> dict:
-    """Stats first, then the rows: a shard counts as done only once its rows file is in place."""
+    """Removed rows and stats first, then the rows: a shard counts as done only once its rows file is in place."""
     stats = {
         "device": devices[0],
         "gpus": devices[1],
@@ -144,6 +152,8 @@ def write_shard(
         "tokens_out": result.tokens_out,
         "seconds": round(seconds, 3),
     }
+    if keep_removed and result.removed:
+        io.atomic_write_text(io.removed_path(out, shard.index), io.to_jsonl(result.removed))
     io.atomic_write_text(io.stats_path(out, shard.index), json.dumps(stats))
     io.atomic_write_text(io.shard_path(out, shard.index), io.to_jsonl(result.rows))
     return stats

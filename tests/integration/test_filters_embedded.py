@@ -13,16 +13,10 @@ import pytest
 
 from scalequest import io
 from scalequest.models import embedded_gguf
-from scalequest.stages.difficulty import (
-    DifficultyLabelConfig,
-    DifficultyTrainConfig,
-    FilterDifficulty,
-    FilterDifficultyConfig,
-    LabelDifficulty,
-    check_regressor,
-    train_regressor,
-)
-from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityConfig, parse_verdict
+from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
+from scalequest.stages.difficulty_train import DifficultyTrainConfig, train_regressor
+from scalequest.stages.filter_difficulty import FilterDifficulty, FilterDifficultyConfig, check_regressor
+from scalequest.stages.filter_solvability import FilterSolvability, FilterSolvabilityConfig, parse_verdict
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,8 +14,8 @@ import pytest
 from scalequest.io import load_rows
 from scalequest.models import embedded_gguf
 from scalequest.stages import qft, qpo
-from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
 
 pytestmark = [

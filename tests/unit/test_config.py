@@ -10,7 +10,6 @@ import yaml
 
 from scalequest.config import (
     ConfigError,
-    DataSource,
     HFEngineConfig,
     SamplingConfig,
     Section,
@@ -22,8 +21,8 @@ from scalequest.config import (
     section_types,
 )
 from scalequest.pipeline import STAGES, load_pipeline
-from scalequest.stages.filters import FilterLanguageConfig
-from scalequest.stages.generate import GenerateQuestionsConfig
+from scalequest.stages.filter_language import FilterLanguageConfig
+from scalequest.stages.generate_questions import GenerateQuestionsConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from scalequest.cli import EXIT_BAD_INPUT, main
 from scalequest.config import BUNDLED_DATA, DataSource, build_config
 from scalequest.io import DataError
 from scalequest.math import BENCHMARKS, benchmark_source, load_benchmark
-from scalequest.stages.filters import FilterLanguageConfig
+from scalequest.stages.filter_language import FilterLanguageConfig
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -179,7 +179,7 @@ def test_cli_names_a_bad_hub_input_and_writes_nothing(tmp_path, capsys, fake_hub
 
 
 def test_a_stage_reads_a_hub_input_and_records_it(tmp_path, fake_hub):
-    from scalequest.stages.filters import FilterLanguage
+    from scalequest.stages.filter_language import FilterLanguage
 
     tables, _ = fake_hub
     tables[("org/questions", None, "train")] = [{"text": "How many?"}, {"text": "¿Cuántos?"}]
@@ -263,7 +263,7 @@ def hub_cache(tmp_path, monkeypatch, tiny_model_dir):
 
 def test_a_revision_loads_that_snapshot_and_the_manifest_records_the_commit(tmp_path, hub_cache, monkeypatch):
     from scalequest.models import hub_commit, resolve_model
-    from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+    from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
 
     assert resolve_model("org/tiny", "main").endswith(f"snapshots/{hub_cache}")
     assert resolve_model("org/tiny", hub_cache).endswith(f"snapshots/{hub_cache}")

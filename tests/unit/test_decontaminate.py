@@ -80,9 +80,10 @@ def test_planted_test_question_is_found_and_dropped(tmp_path, shared_data, gsm8k
     assert manifest["counts"] == {"overlap:gsm8k": 1, "contaminated": 1}
     assert manifest["clean_ratio"] == {"gsm8k": pytest.approx(1 - 1 / 5), "math500": 1.0, "all": pytest.approx(0.8)}
     assert manifest["benchmark_questions"] == {"gsm8k": 1319, "math500": 500}
-    dropped = [json.loads(line) for line in (tmp_path / "out" / "contaminated" / "shard-00000.jsonl").open()]
-    assert [d["id"] for d in dropped] == ["leak"]
-    match = dropped[0]["contamination"][0]
+    dropped = [json.loads(line) for line in (tmp_path / "out" / "removed" / "shard-00000.jsonl").open()]
+    assert [d["id"] for d in dropped] == ["leak"] and dropped[0]["reason"] == "contaminated"
+    assert dropped[0]["row"] == rows[2] and manifest["removed"] == "removed/shard-*.jsonl"
+    match = dropped[0]["evidence"]["contamination"][0]
     assert match["benchmark"] == "gsm8k" and match["benchmark_id"] == "gsm8k-0" and match["shared_ngrams"] >= 10
 
 
@@ -99,7 +100,7 @@ def test_twelve_shared_words_are_not_an_overlap_thirteen_are(tmp_path, shared_da
     assert out["twelve"]["contamination"] == []
     assert out["thirteen"]["contamination"] == [{"benchmark": "gsm8k", "benchmark_id": "gsm8k-5", "shared_ngrams": 1}]
     assert manifest["rows_out"] == 2 and manifest["dropped"] == {}
-    assert not (tmp_path / "out" / "contaminated").exists()
+    assert not (tmp_path / "out" / "removed").exists()
 
 
 def test_clean_text_finds_nothing(tmp_path, shared_data):

@@ -21,22 +21,10 @@ from scalequest import io
 from scalequest.engines import Completion, Engine
 from scalequest.io import DataError
 from scalequest.models import ModelError
-from scalequest.stages import difficulty
-from scalequest.stages.difficulty import (
-    BUCKETS,
-    DifficultyLabelConfig,
-    DifficultyRule,
-    DifficultyTrainConfig,
-    FilterDifficulty,
-    FilterDifficultyConfig,
-    LabelDifficulty,
-    bucket_of,
-    check_regressor,
-    choose_dropped,
-    score_questions,
-    spearman,
-    train_regressor,
-)
+from scalequest.stages import difficulty_label, difficulty_train
+from scalequest.stages.difficulty_label import BUCKETS, DifficultyLabelConfig, LabelDifficulty, bucket_of
+from scalequest.stages.difficulty_train import DifficultyTrainConfig, spearman, train_regressor
+from scalequest.stages.filter_difficulty import DifficultyRule, FilterDifficulty, FilterDifficultyConfig, check_regressor, choose_dropped, score_questions
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -95,7 +83,7 @@ def label_config(tmp_path, **overrides) -> DifficultyLabelConfig:
 
 def test_label_records_fail_rates(tmp_path, monkeypatch):
     solver = CannedSolver(SOLUTIONS)
-    monkeypatch.setattr(difficulty, "load_engine", lambda config: solver)
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: solver)
     manifest = LabelDifficulty.run(label_config(tmp_path))
     rows = {row["question"]: row for row in io.load_rows(tmp_path / "labels")}
     assert [rows[q["question"]]["fail_rate"] for q in LABELLED[:3]] == [0.5, 0.0, 1.0]
@@ -112,7 +100,7 @@ def test_label_records_fail_rates(tmp_path, monkeypatch):
 
 
 def test_label_other_gold_formats(tmp_path, monkeypatch):
-    monkeypatch.setattr(difficulty, "load_engine", lambda config: CannedSolver({"Simplify 2/4.": ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}"]}))
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver({"Simplify 2/4.": ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}"]}))
     rows = [{"problem": "Simplify 2/4.", "solution": "Divide: $\\boxed{\\frac12}$.", "answer": 0.5}]
     source = str(write_jsonl(tmp_path / "math.jsonl", rows))  # MATH-style fields
     for gold_format, field in (("boxed", "solution"), ("plain", "answer")):
@@ -124,7 +112,7 @@ def test_label_other_gold_formats(tmp_path, monkeypatch):
 
 
 def test_label_limit_takes_the_first_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(difficulty, "load_engine", lambda config: CannedSolver(SOLUTIONS))
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver(SOLUTIONS))
     manifest = LabelDifficulty.run(label_config(tmp_path, limit=2))
     assert manifest["rows_in"] == 2 and manifest["rows_out"] == 2
 
@@ -140,7 +128,7 @@ def test_label_limit_takes_the_first_rows(tmp_path, monkeypatch):
     ],
 )
 def test_label_rejects_rows_without_gold_before_any_output(tmp_path, monkeypatch, rows, overrides, message):
-    monkeypatch.setattr(difficulty, "load_engine", lambda config: pytest.fail("no model may load for bad input"))
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: pytest.fail("no model may load for bad input"))
     source = str(write_jsonl(tmp_path / "gsm8k.jsonl", rows))
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         LabelDifficulty.run(label_config(tmp_path, input=source, **overrides))
@@ -157,7 +145,7 @@ def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
         return datasets.Dataset.from_list(LABELLED)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(difficulty, "load_engine", lambda config: CannedSolver(SOLUTIONS))
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver(SOLUTIONS))
     manifest = LabelDifficulty.run(label_config(tmp_path, input={"hub": "openai/gsm8k", "config": "main"}))
     assert calls[0] == ("openai/gsm8k", "main", "train")
     assert [row["id"] for row in io.load_rows(tmp_path / "labels")] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
@@ -270,7 +258,7 @@ def test_batched_scores_equal_one_at_a_time(classifier_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
-    difficulty.prepare_tokenizer(tokenizer)
+    difficulty_train.prepare_tokenizer(tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
     questions = [row["question"] for row in length_signal_rows(12, seed=3)]
     one_by_one = score_questions(model, tokenizer, questions, batch_size=1, max_length=512)

@@ -20,10 +20,10 @@ from conftest import build_tiny_model_dir
 from scalequest import io
 from scalequest.engines.base import Completion, Engine
 from scalequest.stages.export import Export, ExportConfig, lineage, write_parquet
-from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
+from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
+from scalequest.stages.generate_responses import GenerateResponses, GenerateResponsesConfig
 from scalequest.scorers.base import Scorer
-from scalequest.stages.reward import RewardSelect, RewardSelectConfig
+from scalequest.stages.reward_select import RewardSelect, RewardSelectConfig
 
 QUESTIONS = [
     {"id": "q0", "question": "Tom has 3 apples and buys 5 more. How many apples does he have?", "generator": "gen-model"},

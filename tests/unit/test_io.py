@@ -257,7 +257,7 @@ def test_outputs_load_with_datasets(tmp_path):
     """A real stage output loads with `datasets.load_dataset("json", data_files=OUTPUT/shard-*.jsonl)`."""
     datasets = pytest.importorskip("datasets")
     from scalequest.runner import run_stage
-    from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
+    from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
     source = write_jsonl(
         tmp_path / "in.jsonl", [{"question": f"What is {i} + {i}?", "meta": {"n": i}} for i in range(7)] + [{"question": ""}]

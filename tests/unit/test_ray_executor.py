@@ -23,8 +23,8 @@ ray = pytest.importorskip("ray")
 from scalequest import io  # noqa: E402
 from scalequest.config import ConfigError  # noqa: E402
 from scalequest.runner import run_stage  # noqa: E402
-from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig  # noqa: E402
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig  # noqa: E402
+from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig  # noqa: E402
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 180.0  # seconds for a fresh driver to import, join Ray, start its actors and write shards
@@ -126,9 +126,9 @@ def test_gpus_per_actor_come_from_whichever_models_the_stage_loads(tmp_path, tin
     """Engines, the difficulty regressor (filter-difficulty's scoring pass) and the reward model size the actors;
     CPU-pinned models and remote engines do not."""
     from scalequest.executors import ray as ray_executor
-    from scalequest.stages.difficulty import ScoreDifficulty, ScoreDifficultyConfig
+    from scalequest.stages.filter_difficulty import ScoreDifficulty, ScoreDifficultyConfig
     from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
-    from scalequest.stages.reward import RewardSelect, RewardSelectConfig
+    from scalequest.stages.reward_select import RewardSelect, RewardSelectConfig
 
     source, executor = questions_file(tmp_path / "q.jsonl"), {"kind": "ray", "num_workers": 2}
     stages = {

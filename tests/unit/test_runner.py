@@ -17,8 +17,8 @@ import yaml
 from scalequest import io, runner
 from scalequest.io import DataError
 from scalequest.models import ModelError
-from scalequest.stages.filters import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
 
 MANIFEST_KEYS = {
     "stage",

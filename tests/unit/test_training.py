@@ -7,7 +7,7 @@ import pytest
 
 from scalequest.cli import EXIT_BAD_INPUT, main
 from scalequest.config import ConfigError, build_config
-from scalequest.stages.difficulty import DifficultyTrainConfig
+from scalequest.stages.difficulty_train import DifficultyTrainConfig
 from scalequest.stages.qft import QFTConfig
 from scalequest.stages.qpo import QPOConfig
 from scalequest.stages.sft import SFTStageConfig

@@ -24,7 +24,7 @@ def run_local(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: i
                 ready = True
             started = time.time()
             result = stage.process(shard)
-            write_shard(out, shard, result, time.time() - started, stage.devices())
+            write_shard(out, shard, result, time.time() - started, stage.devices(), stage.config.keep_removed)
             tokens += result.tokens_out
             bar.update(len(shard.rows))
             bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.1f}", refresh=False)

@@ -145,7 +145,8 @@ class ShardWorker:
             shard = pickle.loads(blob)
             started = time.time()
             result = self.stage.process(shard)
-            stats.append(json.dumps(write_shard(self.out, shard, result, time.time() - started, self.stage.devices())))
+            stats.append(json.dumps(write_shard(self.out, shard, result, time.time() - started, self.stage.devices(),
+                                                    self.stage.config.keep_removed)))
         return {"index": batch["index"], "stats": stats}
 
     def __del__(self):  # Ray Data calls it when it shuts the actor down

@@ -30,7 +30,6 @@ from scalequest.stage import RowStage, Shard, ShardResult
 if TYPE_CHECKING:
     import numpy as np
 
-CONTAMINATED_DIR = "contaminated"
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
 
@@ -133,8 +132,6 @@ class Decontaminate(RowStage):
     def prepare(self) -> None:
         from scalequest.math import load_benchmark
 
-        for leftover in (self.config.output / CONTAMINATED_DIR).glob(".*.tmp-*"):  # from a killed run; never complete
-            leftover.unlink(missing_ok=True)
         self.index = [
             BenchmarkNgrams.build(name, load_benchmark(name, self.config.data_dir), self.config.ngram) for name in self.config.benchmarks
         ]
@@ -157,7 +154,6 @@ class Decontaminate(RowStage):
 
     def process(self, shard: Shard) -> ShardResult:
         result = ShardResult(rows=[])
-        contaminated = []
         for row in shard.rows:
             matches = self.overlaps(row)
             for name in dict.fromkeys(match["benchmark"] for match in matches):
@@ -167,12 +163,9 @@ class Decontaminate(RowStage):
                 continue
             result.counts["contaminated"] += 1
             if self.config.drop:
-                result.dropped["contaminated"] += 1
-                contaminated.append({"id": row["id"], **{name: row.get(name) for name in self.config.fields}, "contamination": matches})
+                result.remove(row, "contaminated", {"contamination": matches})
             else:
                 result.rows.append({**row, "contamination": matches})
-        if self.config.drop:  # what was dropped, for review; written before the shard, like the shard's stats
-            io.atomic_write_text(self.config.output / CONTAMINATED_DIR / f"shard-{shard.index:05d}.jsonl", io.to_jsonl(contaminated))
         return result
 
     def finalize(self) -> dict:
@@ -195,5 +188,4 @@ class Decontaminate(RowStage):
             "benchmark_questions": {b.name: len(b.ids) for b in self.index},
             "benchmark_sources": {name: str(benchmark_source(name, self.config.data_dir)) for name in self.config.benchmarks},
             "benchmark_questions_too_short": {b.name: b.too_short for b in self.index},
-            **({"contaminated_rows": f"{CONTAMINATED_DIR}/shard-*.jsonl"} if self.config.drop else {}),
         }

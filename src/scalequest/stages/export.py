@@ -300,7 +300,7 @@ class Export(RowStage):
         for row in shard.rows:
             query, response = row[self.config.question_field], row[self.config.response_field]
             if not (isinstance(query, str) and query.strip() and isinstance(response, str) and response.strip()):
-                result.dropped["empty_query_or_response"] += 1
+                result.remove(row, "empty_query_or_response")
                 continue
             values = {"id": row["id"], "query": query, "response": response}
             result.rows.append({name: values[name] if name in values else row.get(name) for name in self.columns})

@@ -20,6 +20,8 @@ import random
 import time
 from collections import Counter
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from scalequest import io
@@ -27,6 +29,9 @@ from scalequest.config import DataSource
 from scalequest.models import resolve_model
 from scalequest.runner import prepare_output
 from scalequest.training import TrainingOptions, default_bf16, finish_training, peft_config, save_model, trainer_arguments
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 

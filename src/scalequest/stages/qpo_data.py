@@ -29,7 +29,7 @@ from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, Sharded
 from scalequest.engines import Engine, load_engine
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
 from scalequest.stage import RowStage, Shard, ShardResult
-from scalequest.stages.generate import GenerateQuestions, GenerateQuestionsConfig, QuestionSampling
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, QuestionSampling
 
 OptimizerSampling = sampling_config("OptimizerSampling", temperature=0.0, top_p=1.0, max_new_tokens=1024)
 
@@ -148,14 +148,14 @@ class BuildQPOData(RowStage):
         config = self.config
         sampled = self.questions.process(shard)
         result = ShardResult(rows=[], tokens_in=sampled.tokens_in, tokens_out=sampled.tokens_out)
-        for reason, count in sampled.dropped.items():
-            result.dropped[f"generator_{reason}"] += count
+        for removed in sampled.removed:
+            result.remove(removed["row"], f"generator_{removed['reason']}", removed["evidence"])
         originals = []
         for row in sampled.rows:
             if row["question"]:
                 originals.append(row)
             else:
-                result.dropped["empty_original"] += 1
+                result.remove(row, "empty_original")
         directions = [choose_direction(config.seed, row["id"], config.directions) for row in originals]
         sampling = config.optimizer_sampling
         params = sampling.params(sampling.seed + shard.index, n=1)
@@ -167,7 +167,7 @@ class BuildQPOData(RowStage):
         for row, direction, completions in zip(originals, directions, outputs):
             result.counts[f"direction_{direction}"] += 1
             if not completions:  # failed for good (after the engine's retries) or timed out
-                result.dropped["optimizer_failure"] += 1
+                result.remove(row, "optimizer_failure", {"direction": direction})
                 continue
             completion = completions[0]
             reply = reply_prefix + completion.text
@@ -176,7 +176,7 @@ class BuildQPOData(RowStage):
             result.counts["optimizer_tokens_out"] += completion.completion_tokens
             rewrite, reason = judge_rewrite(row["question"], reply, completion.finish_reason, config.max_rewrite_chars)
             if reason is not None:
-                result.dropped[reason] += 1
+                result.remove(row, reason, {"direction": direction, "reply": reply, "finish_reason": completion.finish_reason})
                 continue
             result.counts[f"pairs_{direction}"] += 1
             result.rows.append(

@@ -23,7 +23,7 @@ from scalequest.scorers import Scorer, conversation, load_scorer, score_head_kin
 from scalequest.scorers.base import render_ids
 from scalequest.scorers.remote_code import RemoteCodeScorer
 from scalequest.scorers.sequence_classification import ClassifierScorer, length_batches
-from scalequest.stages.reward import RewardModelConfig, RewardSelect, RewardSelectConfig, best_response, read_scores
+from scalequest.stages.reward_select import RewardModelConfig, RewardSelect, RewardSelectConfig, best_response, read_scores
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

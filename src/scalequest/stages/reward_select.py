@@ -180,12 +180,16 @@ class RewardSelect(RowStage):
             result.counts["questions"] += 1
             agreement = answer_counts(group)
             if self.config.min_agreement and max(agreement.values(), default=0) < self.config.min_agreement:
-                result.dropped["low_agreement"] += len(group)
+                for row, score in zip(group, group_scores):
+                    result.remove(row, "low_agreement", {"answer_counts": dict(agreement), "score": score})
                 result.counts["questions_low_agreement"] += 1
                 continue
             best = best_response(group, group_scores)
             selected.add(start_of_group + best)
-            result.dropped["lower_reward"] += len(group) - 1
+            for index, (row, score) in enumerate(zip(group, group_scores)):
+                if index != best:
+                    evidence = {"score": score, "chosen_id": group[best]["id"], "chosen_score": group_scores[best]}
+                    result.remove(row, "lower_reward", evidence)
             chosen = group[best]
             answer = chosen.get("answer")
             result.rows.append(

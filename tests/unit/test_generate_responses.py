@@ -10,8 +10,8 @@ import pytest
 
 from scalequest import io
 from scalequest.engines.base import Completion, Engine, SamplingParams
-from scalequest.stages.generate import shard_seed
-from scalequest.stages.responses import GenerateResponses, GenerateResponsesConfig
+from scalequest.stages.generate_questions import shard_seed
+from scalequest.stages.generate_responses import GenerateResponses, GenerateResponsesConfig
 from scalequest.templates import plain_solve_prompt, solve_message
 
 

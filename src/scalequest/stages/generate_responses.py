@@ -20,7 +20,7 @@ from pydantic import Field
 from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
-from scalequest.stages.generate import shard_seed
+from scalequest.stages.generate_questions import shard_seed
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
 
 ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.95, max_new_tokens=2048, n=5)
@@ -89,7 +89,7 @@ class GenerateResponses(RowStage):
         result = ShardResult(rows=[])
         for row, question, completions in zip(shard.rows, questions, outputs):
             if not completions:  # the engine gave up on this prompt for good
-                result.dropped["engine_failure"] += 1
+                result.remove(row, "engine_failure")
                 continue
             result.tokens_in += completions[0].prompt_tokens
             kept = 0
@@ -99,7 +99,7 @@ class GenerateResponses(RowStage):
                 result.counts[f"finish_{completion.finish_reason}"] += 1
                 answer = extract_answer(completion.text)
                 if answer is None:
-                    result.dropped["no_final_answer"] += 1
+                    result.remove(row, "no_final_answer", {"response": completion.text, "sample": sample_index})
                     continue
                 kept += 1
                 result.rows.append(

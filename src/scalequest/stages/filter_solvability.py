@@ -138,12 +138,12 @@ class FilterSolvability(RowStage):
             if isinstance(question, str) and question.strip():
                 to_judge.append(row)
             else:
-                result.dropped["empty"] += 1
+                result.remove(row, "empty")
         params = sampling.params(sampling.seed + shard.index, n=1)  # one verdict per question; greedy by default
         outputs = self.engine.generate([self.prompt(row[config.field]) for row in to_judge], params) if to_judge else []
         for row, completions in zip(to_judge, outputs):
             if not completions:
-                result.dropped["engine_failure"] += 1
+                result.remove(row, "engine_failure")
                 continue
             completion = completions[0]
             result.tokens_in += completion.prompt_tokens
@@ -152,9 +152,9 @@ class FilterSolvability(RowStage):
             verdict = parse_verdict(completion.text)
             result.counts[f"verdict_{verdict}"] += 1
             if verdict == "no":
-                result.dropped["unsolvable"] += 1
+                result.remove(row, "unsolvable", {"judgement": completion.text})
             elif verdict == "undecided" and not config.keep_undecided:
-                result.dropped["undecided"] += 1
+                result.remove(row, "undecided", {"judgement": completion.text})
             else:
                 result.rows.append({**row, "solvability_verdict": verdict, "solvability_judgement": completion.text})
         return result

@@ -52,11 +52,11 @@ class FilterLanguage(RowStage):
         for row in shard.rows:
             text = row[field]
             if not isinstance(text, str) or not text.strip():
-                result.dropped["empty"] += 1
+                result.remove(row, "empty")
             elif self.config.ascii_only and not text.isascii():
-                result.dropped["non_ascii"] += 1
+                result.remove(row, "non_ascii", sorted({char for char in text if not char.isascii()}))
             elif row["id"] in self.repeated_ids:
-                result.dropped["duplicate"] += 1
+                result.remove(row, "duplicate", {"normalized": " ".join(text.split()).lower()})
             else:
                 result.rows.append(row)
         return result

@@ -10,8 +10,8 @@ import pytest
 from scalequest import io
 from scalequest.engines import Completion, Engine, SamplingParams
 from scalequest.io import DataError
-from scalequest.stages import solvability
-from scalequest.stages.solvability import FilterSolvability, FilterSolvabilityConfig, judge_prompt, parse_verdict
+from scalequest.stages import filter_solvability as solvability
+from scalequest.stages.filter_solvability import FilterSolvability, FilterSolvabilityConfig, judge_prompt, parse_verdict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,3 +163,19 @@ def test_filter_runs_on_the_tiny_random_model(tmp_path, tiny_model_dir):
         assert row["solvability_verdict"] == parse_verdict(row["solvability_judgement"]) != "no"
     # Finished with the same config and input: skipped.
     assert FilterSolvability.run(config)["finished_at"] == manifest["finished_at"]
+
+
+def test_removed_questions_are_kept_with_the_judges_reasoning(tmp_path, monkeypatch):
+    manifest, _, _ = run_canned(tmp_path, monkeypatch)
+    removed = io.load_rows(tmp_path / "out" / "removed")
+    assert manifest["removed"] == "removed/shard-*.jsonl"
+    assert sorted(r["reason"] for r in removed) == sorted(r for r, n in manifest["dropped"].items() for _ in range(n))
+    unsolvable = [r for r in removed if r["reason"] == "unsolvable"]
+    assert all(r["evidence"]["judgement"] == CANNED[r["row"]["question"]] for r in unsolvable)
+    assert all(r["id"] == r["row"]["id"] for r in removed)
+
+
+def test_keep_removed_false_only_counts(tmp_path, monkeypatch):
+    manifest, _, _ = run_canned(tmp_path, monkeypatch, keep_removed=False)
+    assert manifest["dropped"]["unsolvable"] == 2 and "removed" not in manifest
+    assert not (tmp_path / "out" / "removed").exists()

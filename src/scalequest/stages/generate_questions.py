@@ -85,7 +85,7 @@ class GenerateQuestions(RowStage):
         for number, row in enumerate(shard.rows):
             group = outputs[number // params.n]
             if len(group) <= number % params.n:
-                result.dropped["engine_failure"] += 1
+                result.remove(row, "engine_failure")
                 continue
             completion = group[number % params.n]
             result.tokens_out += completion.completion_tokens

@@ -1,0 +1,195 @@
+"""difficulty-label (paper §2.3): fail rates of a solver on questions with known answers.
+
+For questions with known answers (GSM8K / MATH train), a solver samples `n` solutions (paper:
+DeepSeekMath-7B-RL); `fail_rate` = share graded wrong (no final answer = wrong). `difficulty-train` learns
+these labels and `filter-difficulty` uses the result; the difficulty buckets all three report live here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import Field
+
+from scalequest import io
+from scalequest.config import DataSource, EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
+from scalequest.engines import load_engine
+from scalequest.stage import RowStage, Shard, ShardResult
+from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
+
+log = logging.getLogger(__name__)
+
+
+BUCKETS = ("very_easy", "easy", "medium", "hard", "very_hard")
+Bucket = Literal["very_easy", "easy", "medium", "hard", "very_hard"]
+
+
+def bucket_of(score: float) -> str:
+    """Quintile of [0, 1] a score falls in; scores outside [0, 1] count in the end buckets."""
+    return BUCKETS[min(len(BUCKETS) - 1, max(0, math.floor(score * len(BUCKETS))))]
+
+
+def histogram(scores: list[float]) -> dict[str, int]:
+    counts = Counter(bucket_of(s) for s in scores)
+    return {name: counts.get(name, 0) for name in BUCKETS}
+
+
+LabelSampling = sampling_config("LabelSampling", temperature=0.7, top_p=0.95, max_new_tokens=2048, n=8)
+
+
+def _gold_gsm8k(value: Any) -> str | None:
+    from scalequest.math import BENCHMARKS
+
+    return BENCHMARKS["gsm8k"].gold({"answer": value})  # "... #### 1,234" -> "1234"
+
+
+def _gold_boxed(value: Any) -> str | None:
+    from scalequest.math import last_boxed
+
+    return last_boxed(value) if isinstance(value, str) else None  # MATH solutions box their answer
+
+
+def _gold_plain(value: Any) -> str | None:
+    from scalequest.math import BENCHMARKS
+
+    return BENCHMARKS["math500"].gold({"answer": value})  # the field is the answer itself (27.0 -> "27")
+
+
+GOLD_FORMATS = {
+    "gsm8k": (_gold_gsm8k, "a solution ending in '#### N'"),
+    "boxed": (_gold_boxed, "a solution with the answer in \\boxed{}"),
+    "plain": (_gold_plain, "the answer itself"),
+}
+
+
+class DifficultyLabelConfig(RowStageConfig):
+    """Label questions with known answers by a solver's fail rate over n sampled solutions."""
+
+    stage = "difficulty-label"
+
+    input: DataSource = Field(
+        ..., description="Questions with known answers: a path, {bundled: gsm8k_train}, or {hub: openai/gsm8k, config: main}."
+    )
+    question_field: str = Field("question", description="Field holding the question (MATH: problem).")
+    answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
+    gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
+        "gsm8k", description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with \\boxed{} (MATH); plain = the answer itself."
+    )
+    limit: int | None = Field(None, ge=1, description="Label only the first N questions.")
+    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The solver (paper: DeepSeekMath-7B-RL).")
+    sampling: LabelSampling = Field(
+        default_factory=LabelSampling, description="Solver sampling; sampling.n = solutions per question (default 8, temperature 0.7)."
+    )
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat when the tokenizer has a template."
+    )
+    grading_timeout: float = Field(5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong.")
+    grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
+    keep_responses: bool = Field(False, description="Store the solver's full responses in each row (large).")
+    shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
+
+
+class LabelDifficulty(RowStage):
+    config: DifficultyLabelConfig
+
+    def check(self) -> None:
+        self.config.engine.model_path()
+
+    # Questions are read once, cut to `limit` and checked for a gold answer before any shard runs.
+    def labelled_rows(self) -> list[dict]:
+        """Rows {id, question, gold}; a row without a question or a readable gold answer is an error."""
+        if hasattr(self, "_rows"):
+            return self._rows
+        config = self.config
+        read_gold, expected = GOLD_FORMATS[config.gold_format]
+        rows = []
+        for row in io.read_rows(config.input):
+            if config.limit is not None and len(rows) >= config.limit:
+                break
+            question = row.get(config.question_field)
+            if not isinstance(question, str) or not question.strip():
+                raise io.DataError(f"input {config.input}: row {row['id']} has no question in field {config.question_field!r}")
+            if row.get(config.answer_field) is None:
+                raise io.DataError(
+                    f"input {config.input}: row {row['id']} has no field {config.answer_field!r} with its known answer "
+                    "(set answer_field to the field holding the gold answer)"
+                )
+            gold = read_gold(row[config.answer_field])
+            if not gold:
+                raise io.DataError(
+                    f"input {config.input}: row {row['id']}: field {config.answer_field!r} is not {expected} "
+                    f"(gold_format {config.gold_format}); set gold_format or answer_field"
+                )
+            rows.append({"id": row["id"], "question": question, "gold": gold})
+        self._rows = rows
+        return rows
+
+    def count_input_rows(self) -> int:
+        return len(self.labelled_rows())
+
+    def input_shards(self) -> Iterator[Shard]:
+        rows, size = self.labelled_rows(), self.config.shard_size
+        for index, start in enumerate(range(0, len(rows), size)):
+            yield Shard(index, rows[start : start + size])
+
+    def setup(self) -> None:
+        self.engine = load_engine(self.config.engine)
+        self.chat = uses_chat_template(self.engine, self.config.engine, self.config.prompt_format)
+
+    def prompt(self, question: str):
+        return solve_prompt(question, self.chat)
+
+    def process(self, shard: Shard) -> ShardResult:
+        from scalequest.math import extract_answer, grade_many
+
+        config, sampling = self.config, self.config.sampling
+        params = sampling.params(sampling.seed + shard.index, stop=(*sampling.stop, *solve_stops(self.chat)))
+        outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
+        result = ShardResult(rows=[])
+        answered = []
+        for row, completions in zip(shard.rows, outputs):
+            if not completions:
+                result.remove(row, "engine_failure")
+                continue
+            result.tokens_in += completions[0].prompt_tokens
+            result.tokens_out += sum(c.completion_tokens for c in completions)
+            answered.append((row, completions, [extract_answer(c.text) for c in completions]))
+        # One grading call for the whole shard keeps every grading process busy.
+        pairs = [(answer, row["gold"]) for row, _, answers in answered for answer in answers]
+        grades = iter(grade_many(pairs, workers=config.grading_workers, timeout=config.grading_timeout))
+        for row, completions, answers in answered:
+            graded = [next(grades) for _ in answers]
+            correct = sum(g.correct for g in graded)
+            result.counts["samples"] += len(answers)
+            result.counts["no_answer"] += sum(a is None for a in answers)
+            result.counts["grading_timeouts"] += sum(g.timed_out for g in graded)
+            result.rows.append(
+                {
+                    **row,
+                    "fail_rate": 1 - correct / len(answers),
+                    "samples": len(answers),
+                    "correct": correct,
+                    "answers": answers,
+                    **({"responses": [c.text for c in completions]} if config.keep_responses else {}),
+                    "solver": config.engine.model,
+                }
+            )
+        return result
+
+    def teardown(self) -> None:
+        self.engine.close()
+
+    def finalize(self) -> dict:
+        rates = [row["fail_rate"] for row in io.load_rows(self.config.output)]
+        return {
+            "input": str(self.config.input),
+            "solver": self.config.engine.model,
+            "mean_fail_rate": round(sum(rates) / len(rates), 4) if rates else None,
+            "fail_rate_histogram": histogram(rates),
+        }
+
+
