@@ -82,14 +82,22 @@ def one_at_a_time(pipe, questions: list[str]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="use a tiny random Llama regressor instead of the embedded SmolLM2")
+    parser.add_argument(
+        "--tiny", action="store_true", help="use a tiny random Llama regressor instead of the embedded SmolLM2"
+    )
     parser.add_argument("--questions", type=int, default=48, help="questions scored per run")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of both methods")
-    parser.add_argument("--batch-sizes", default="", help="comma-separated stage batch sizes (default: the stage's default for the device)")
+    parser.add_argument(
+        "--batch-sizes",
+        default="",
+        help="comma-separated stage batch sizes (default: the stage's default for the device)",
+    )
     parser.add_argument("--dtypes", default="auto", help="comma-separated dtypes: auto, bfloat16, float16, float32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept"
+    )
     args = parser.parse_args()
 
     import torch
@@ -100,7 +108,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = tiny_score_head(args.cache / "tiny-difficulty") if args.tiny else score_head_from_embedded(args.cache / "smollm2-135m-difficulty")
+    model_dir = (
+        tiny_score_head(args.cache / "tiny-difficulty")
+        if args.tiny
+        else score_head_from_embedded(args.cache / "smollm2-135m-difficulty")
+    )
     questions = load_questions(args.questions)
     shard = Shard(0, [{"id": f"q{i}", "question": q} for i, q in enumerate(questions)])
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
@@ -108,8 +120,17 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         stages = {}
         for size in sizes:
-            stage = ScoreDifficulty(ScoreDifficultyConfig(input="unused", output="unused", regressor=str(model_dir), dtype=dtype,
-                                                          device=args.device, batch_size=size, progress=False))
+            stage = ScoreDifficulty(
+                ScoreDifficultyConfig(
+                    input="unused",
+                    output="unused",
+                    regressor=str(model_dir),
+                    dtype=dtype,
+                    device=args.device,
+                    batch_size=size,
+                    progress=False,
+                )
+            )
             if stages:  # one model object for every variant and for the baseline
                 first = next(iter(stages.values()))
                 stage.model, stage.tokenizer = first.model, first.tokenizer
@@ -119,17 +140,26 @@ def main() -> None:
             stages[f"stage, batch {stage.batch_size}"] = stage
         first = next(iter(stages.values()))
         model, tokenizer = first.model, first.tokenizer
-        pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=model.device, function_to_apply="none")
+        pipe = pipeline(
+            "text-classification", model=model, tokenizer=tokenizer, device=model.device, function_to_apply="none"
+        )
         lengths = [len(tokenizer(q)["input_ids"]) for q in questions]
-        print(f"\nmodel {model_dir.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {model.dtype}, {model.device}), "
-              f"torch threads {torch.get_num_threads()}, {len(questions)} questions, tokens {min(lengths)}-{max(lengths)} "
-              f"(mean {sum(lengths) / len(lengths):.0f})")
+        print(
+            f"\nmodel {model_dir.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, "
+            f"{model.dtype}, {model.device}), "
+            f"torch threads {torch.get_num_threads()}, {len(questions)} questions, tokens "
+            f"{min(lengths)}-{max(lengths)} "
+            f"(mean {sum(lengths) / len(lengths):.0f})"
+        )
 
         # Warm-up (first calls allocate and pick kernels), and a check that both give the same scores.
         reference = one_at_a_time(pipe, questions[:8])
         for name, stage in stages.items():
             got = [row["difficulty"] for row in stage.process(Shard(0, shard.rows[:8])).rows]
-            print(f"{name}: max |score difference| vs one at a time on 8 questions = {max(abs(a - b) for a, b in zip(got, reference)):.2e}")
+            print(
+                f"{name}: max |score difference| vs one at a time on 8 questions = "
+                f"{max(abs(a - b) for a, b in zip(got, reference)):.2e}"
+            )
 
         rates: dict[str, list[float]] = {"one at a time": []} | {name: [] for name in stages}
         for round_index in range(args.rounds):
@@ -144,7 +174,10 @@ def main() -> None:
         baseline = statistics.median(rates["one at a time"])
         for name, values in rates.items():
             median = statistics.median(values)
-            print(f"{name:>16}: {median:7.2f} questions/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio {median / baseline:.2f}x")
+            print(
+                f"{name:>16}: {median:7.2f} questions/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio "
+                f"{median / baseline:.2f}x"
+            )
         del pipe, stages, first, model
 
 

@@ -69,8 +69,8 @@ def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: in
     # Pages of Ray's object store (shared memory) that this driver wrote count in its RSS too.
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     shared = int(status.get("RssShmem", "0 kB").split()[0])
-    print(json.dumps({"baseline_mb": baseline / 1024, "peak_mb": peak / 1024, "shm_mb": shared / 1024, "seconds": seconds,
-                      "rows_out": manifest["rows_out"], "dropped": manifest["dropped"]}))  # fmt: skip
+    figures = {"baseline_mb": baseline / 1024, "peak_mb": peak / 1024, "shm_mb": shared / 1024, "seconds": seconds}
+    print(json.dumps({**figures, "rows_out": manifest["rows_out"], "dropped": manifest["dropped"]}))
 
 
 def measure(source: Path, work: Path, dedup: bool, executor: str, shard_size: int) -> dict:
@@ -98,8 +98,14 @@ def main() -> None:
 
     settings = {"both": [True, False], "on": [True], "off": [False]}[args.dedup]
     work = Path(tempfile.mkdtemp(prefix="filter-memory-", dir=args.workdir))
-    print(f"filter-language, executor {args.executor}, shards of {args.shard_size} rows; peak RSS of a fresh process per run")
-    print(f"{'rows':>9} {'dedup':>6} {'baseline MB':>12} {'peak MB':>8} {'growth MB':>10} {'shm MB':>7} {'seconds':>8} {'rows/s':>8}  dropped")
+    print(
+        f"filter-language, executor {args.executor}, shards of {args.shard_size} rows; peak RSS of a fresh process "
+        "per run"
+    )
+    print(
+        f"{'rows':>9} {'dedup':>6} {'baseline MB':>12} {'peak MB':>8} {'growth MB':>10} {'shm MB':>7} {'seconds':>8} "
+        f"{'rows/s':>8}  dropped"
+    )
     try:
         for rows in args.sizes:
             source = work / f"input-{rows}"
@@ -107,7 +113,8 @@ def main() -> None:
             for dedup in settings:
                 r = measure(source, work, dedup, args.executor, args.shard_size)
                 print(f"{rows:>9} {str(dedup).lower():>6} {r['baseline_mb']:>12.1f} {r['peak_mb']:>8.1f} "
-                      f"{r['peak_mb'] - r['baseline_mb']:>10.1f} {r['shm_mb']:>7.1f} {r['seconds']:>8.1f} {rows / r['seconds']:>8.0f}  {r['dropped']}",
+                      f"{r['peak_mb'] - r['baseline_mb']:>10.1f} {r['shm_mb']:>7.1f} {r['seconds']:>8.1f} "
+                      f"{rows / r['seconds']:>8.0f}  {r['dropped']}",
                       flush=True)  # fmt: skip
             shutil.rmtree(source)
     finally:

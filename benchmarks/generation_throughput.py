@@ -30,15 +30,24 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = dict(num=args.num, shard_size=args.num, engine={"engine": args.engine, "model": args.model},
-                    sampling={"max_new_tokens": args.max_new_tokens, "seed": 0}, progress=False)
+        base = dict(
+            num=args.num,
+            shard_size=args.num,
+            engine={"engine": args.engine, "model": args.model},
+            sampling={"max_new_tokens": args.max_new_tokens, "seed": 0},
+            progress=False,
+        )
         config = GenerateQuestionsConfig(output=Path(tmp) / "warmup", **base)
         engine = load_engine(config.engine)
         tokenizer = engine.tokenizer
         prompts = [pre_query_prefix(tokenizer)] * args.num
-        params = SamplingParams(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                                max_new_tokens=args.max_new_tokens, stop=tuple(stop_strings(tokenizer)),
-                                seed=shard_seed(0, 0))
+        params = SamplingParams(
+            temperature=config.sampling.temperature,
+            top_p=config.sampling.top_p,
+            max_new_tokens=args.max_new_tokens,
+            stop=tuple(stop_strings(tokenizer)),
+            seed=shard_seed(0, 0),
+        )
         engine.generate(prompts, params)  # warm-up: the first call at a new batch shape is much slower
 
         direct_tokens = direct_seconds = stage_tokens = stage_seconds = 0.0
@@ -73,13 +82,18 @@ def main() -> None:
                     stage_tokens += manifest["tokens_out"]
 
     direct_rate, stage_rate = direct_tokens / direct_seconds, stage_tokens / stage_seconds
-    print(f"model={args.model} engine={args.engine} prompts={args.num} max_new_tokens={args.max_new_tokens} repeats={args.repeats}")
+    print(
+        f"model={args.model} engine={args.engine} prompts={args.num} max_new_tokens={args.max_new_tokens} "
+        f"repeats={args.repeats}"
+    )
     print(f"direct engine.generate : {direct_rate:8.1f} tok/s ({int(direct_tokens)} tokens, {direct_seconds:.1f}s)")
     print(f"generate-questions     : {stage_rate:8.1f} tok/s ({int(stage_tokens)} tokens, {stage_seconds:.1f}s)")
     print(f"ratio stage/direct     : {stage_rate / direct_rate:.3f}")
     added = stage_seconds - inside[0]
-    print(f"stage time outside engine.generate: {added:.2f}s over {args.repeats} runs "
-          f"({added / stage_seconds:.1%} of the stage's time; the rest of any gap is run-to-run noise of generate itself)")
+    print(
+        f"stage time outside engine.generate: {added:.2f}s over {args.repeats} runs "
+        f"({added / stage_seconds:.1%} of the stage's time; the rest of any gap is run-to-run noise of generate itself)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ def reference_pairs(data_dir: Path) -> list[tuple[str | None, str]]:
     """(extracted answer, gold) for every MATH500 and GSM8K reference solution."""
     pairs: list[tuple[str | None, str]] = []
     math500 = load_benchmark("math500", data_dir=data_dir)
-    math500_raw = [json.loads(line) for line in (data_dir / "math500_test.jsonl").read_text().splitlines() if line.strip()]
+    math500_raw = [
+        json.loads(line) for line in (data_dir / "math500_test.jsonl").read_text().splitlines() if line.strip()
+    ]
     pairs += [(extract_answer(raw["solution"]), row["gold"]) for row, raw in zip(math500, math500_raw)]
     gsm8k = load_benchmark("gsm8k", data_dir=data_dir)
     gsm8k_raw = [json.loads(line) for line in (data_dir / "gsm8k_test.jsonl").read_text().splitlines() if line.strip()]
@@ -42,7 +44,9 @@ def timed_grading(pairs: list[tuple[str | None, str]], workers: int, timeout: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder with math500_test.jsonl and gsm8k_test.jsonl")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with math500_test.jsonl and gsm8k_test.jsonl"
+    )
     parser.add_argument("--pairs", type=int, default=2000, help="number of (predicted, gold) pairs to grade")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="grading processes in the pool")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per comparison")
@@ -58,7 +62,10 @@ def main() -> None:
     single_rate, single_correct, single_timeouts = timed_grading(pairs, workers=1, timeout=args.timeout)
     print(f"one grading process : {single_rate:8.1f} answers/s  correct {single_correct}  timed out {single_timeouts}")
     pool_rate, pool_correct, pool_timeouts = timed_grading(pairs, workers=args.workers, timeout=args.timeout)
-    print(f"pool of {args.workers:<2} processes: {pool_rate:8.1f} answers/s  correct {pool_correct}  timed out {pool_timeouts}")
+    print(
+        f"pool of {args.workers:<2} processes: {pool_rate:8.1f} answers/s  correct {pool_correct}  timed out "
+        f"{pool_timeouts}"
+    )
     print(f"speed-up: {pool_rate / single_rate:.2f}x")
 
 

@@ -2,9 +2,9 @@
 
 By default this trains the chain itself on the embedded SmolLM2-135M-Instruct (each stage resumes or is
 skipped when already done in --work): qft on --qft-questions GSM8K train questions, qpo-data with the QFT
-model as generator and the raw model as optimizer (its reply prefilled with the marker), qpo on those pairs; then it samples --num questions
-from each of raw / QFT / QPO with the paper's question sampling (temperature 1.0, top_p 0.99) and prints a
-Markdown table. Pass --models name=model ... to measure given models only.
+model as generator and the raw model as optimizer (its reply prefilled with the marker), qpo on those pairs;
+then it samples --num questions from each of raw / QFT / QPO with the paper's question sampling (temperature
+1.0, top_p 0.99) and prints a Markdown table. Pass --models name=model ... to measure given models only.
 
 Columns (each a share of the --num samples unless noted):
   ascii        non-empty and every character ASCII (the language filter's rule)
@@ -34,7 +34,9 @@ from scalequest.stages.generate_questions import GenerateQuestions, GenerateQues
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "gsm8k_train.jsonl"
-ASKS = re.compile(r"\b(how (many|much|far|long)|what (is|was)|find|calculate|compute|determine|solve|evaluate)\b", re.IGNORECASE)
+ASKS = re.compile(
+    r"\b(how (many|much|far|long)|what (is|was)|find|calculate|compute|determine|solve|evaluate)\b", re.IGNORECASE
+)
 
 
 def is_math_word_problem(text: str) -> bool:
@@ -70,8 +72,12 @@ def measure(rows: list[dict]) -> dict[str, float]:
 
 def sample(name: str, model: str, work: Path, num: int, max_new_tokens: int, seed: int) -> list[dict]:
     config = GenerateQuestionsConfig(
-        output=work / f"samples-{name}", num=num, shard_size=num, engine={"model": model},
-        sampling={"temperature": 1.0, "top_p": 0.99, "max_new_tokens": max_new_tokens, "seed": seed}, progress=False,
+        output=work / f"samples-{name}",
+        num=num,
+        shard_size=num,
+        engine={"model": model},
+        sampling={"temperature": 1.0, "top_p": 0.99, "max_new_tokens": max_new_tokens, "seed": seed},
+        progress=False,
     )
     GenerateQuestions.run(config)
     return io.load_rows(config.output)
@@ -81,28 +87,57 @@ def train_chain(work: Path, args: argparse.Namespace) -> dict[str, str]:
     """raw -> qft -> qpo-data -> qpo on the embedded model; returns name -> model for sampling."""
     models = {"raw": args.base}
     started = time.time()
-    qft.run(qft.QFTConfig(
-        output=work / "qft", model=args.base, sources=[{"path": str(args.questions), "field": "question"}],
-        max_questions=args.qft_questions, batch_size=8, learning_rate=args.qft_learning_rate, logging_steps=4, progress=False,
-    ))
+    qft.run(
+        qft.QFTConfig(
+            output=work / "qft",
+            model=args.base,
+            sources=[{"path": str(args.questions), "field": "question"}],
+            max_questions=args.qft_questions,
+            batch_size=8,
+            learning_rate=args.qft_learning_rate,
+            logging_steps=4,
+            progress=False,
+        )
+    )
     models["qft"] = str(work / "qft")
     print(f"qft: {time.time() - started:.0f} s", flush=True)
     started = time.time()
-    pairs = BuildQPOData.run(QPODataConfig(
-        output=work / "qpo-data", num=args.qpo_questions, shard_size=args.qpo_questions,
-        generator={"model": models["qft"]}, sampling={"max_new_tokens": 128, "seed": args.seed + 1},
-        optimizer={"model": args.base}, optimizer_sampling={"max_new_tokens": 160},
-        optimizer_reply_prefix="Final question:", progress=False,
-    ))
-    print(f"qpo-data: {time.time() - started:.0f} s, {pairs['rows_out']} pairs of {pairs['rows_in']}, dropped {pairs['dropped']}", flush=True)
+    pairs = BuildQPOData.run(
+        QPODataConfig(
+            output=work / "qpo-data",
+            num=args.qpo_questions,
+            shard_size=args.qpo_questions,
+            generator={"model": models["qft"]},
+            sampling={"max_new_tokens": 128, "seed": args.seed + 1},
+            optimizer={"model": args.base},
+            optimizer_sampling={"max_new_tokens": 160},
+            optimizer_reply_prefix="Final question:",
+            progress=False,
+        )
+    )
+    print(
+        f"qpo-data: {time.time() - started:.0f} s, {pairs['rows_out']} pairs of {pairs['rows_in']}, dropped "
+        f"{pairs['dropped']}",
+        flush=True,
+    )
     if pairs["rows_out"] == 0:
         print("qpo: skipped, no usable pair")
         return models
     started = time.time()
-    qpo.run(qpo.QPOConfig(
-        input=work / "qpo-data", output=work / "qpo", model=models["qft"], learning_rate=args.qpo_learning_rate,
-        epochs=args.qpo_epochs, batch_size=4, gradient_accumulation_steps=1, warmup_steps=0, logging_steps=1, progress=False,
-    ))
+    qpo.run(
+        qpo.QPOConfig(
+            input=work / "qpo-data",
+            output=work / "qpo",
+            model=models["qft"],
+            learning_rate=args.qpo_learning_rate,
+            epochs=args.qpo_epochs,
+            batch_size=4,
+            gradient_accumulation_steps=1,
+            warmup_steps=0,
+            logging_steps=1,
+            progress=False,
+        )
+    )
     models["qpo"] = str(work / "qpo")
     print(f"qpo: {time.time() - started:.0f} s", flush=True)
     return models
@@ -112,20 +147,29 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     columns = ["samples", "ascii", "math", "stopped", "words", "distinct-4", "duplicates"]
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, metrics in results.items():
-        cells = [f"{metrics['samples']}", *(f"{metrics[c]:.0%}" for c in ("ascii", "math", "stopped")),
-                 f"{metrics['words']:.1f}", f"{metrics['distinct-4']:.2f}", f"{metrics['duplicates']:.0%}"]
+        cells = [
+            f"{metrics['samples']}",
+            *(f"{metrics[c]:.0%}" for c in ("ascii", "math", "stopped")),
+            f"{metrics['words']:.1f}",
+            f"{metrics['distinct-4']:.2f}",
+            f"{metrics['duplicates']:.0%}",
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("runs/question-quality"), help="folder for the trained models and samples")
+    parser.add_argument(
+        "--work", type=Path, default=Path("runs/question-quality"), help="folder for the trained models and samples"
+    )
     parser.add_argument("--models", nargs="*", help="name=model pairs to measure instead of training the chain")
     parser.add_argument("--base", default="embedded", help="the raw model (also the QPO optimizer)")
     parser.add_argument("--questions", type=Path, default=GSM8K_TRAIN, help="JSONL with a `question` field for QFT")
     parser.add_argument("--qft-questions", type=int, default=256)
-    parser.add_argument("--qft-learning-rate", type=float, default=1e-4, help="paper: 2e-5 over ~15K questions; a short run needs more")
+    parser.add_argument(
+        "--qft-learning-rate", type=float, default=1e-4, help="paper: 2e-5 over ~15K questions; a short run needs more"
+    )
     parser.add_argument("--qpo-questions", type=int, default=32, help="questions sampled and rewritten for QPO pairs")
     parser.add_argument("--qpo-learning-rate", type=float, default=5e-6)
     parser.add_argument("--qpo-epochs", type=float, default=2.0)
@@ -143,7 +187,9 @@ def main() -> None:
         started = time.time()
         rows = sample(name, model, args.work, args.num, args.max_new_tokens, args.seed)
         results[name] = measure(rows)
-        print(f"sampled {name}: {time.time() - started:.0f} s; e.g. {json.dumps(rows[0]['question'][:160])}", flush=True)
+        print(
+            f"sampled {name}: {time.time() - started:.0f} s; e.g. {json.dumps(rows[0]['question'][:160])}", flush=True
+        )
     print()
     print(markdown_table(results))
 

@@ -60,7 +60,9 @@ def timed_grading(pairs, workers: int, chunk_size: int, timeout: float, cpus: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder with math500_test.jsonl and gsm8k_test.jsonl")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with math500_test.jsonl and gsm8k_test.jsonl"
+    )
     parser.add_argument("--pairs", type=int, default=3000, help="number of (predicted, gold) pairs to grade")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors in the parallel run (compared with 1)")
     parser.add_argument("--chunk", type=int, default=50, help="pairs per actor call")
@@ -69,7 +71,9 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address; default: start a local Ray")
     args = parser.parse_args()
 
-    data_dir = args.data_dir or default_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+    data_dir = (
+        args.data_dir or default_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+    )
     if not (data_dir / "math500_test.jsonl").is_file():
         parser.error(f"no benchmark data in {data_dir}: pass --data-dir or set SCALEQUEST_DATA_DIR")
     base = reference_pairs(data_dir)

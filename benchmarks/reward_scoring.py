@@ -39,7 +39,10 @@ def load_pairs(count: int) -> list[tuple[str, str]]:
         with path.open() as lines:
             for line in lines:
                 row = json.loads(line)
-                solution = row["answer"].split("####")[0].strip() + f"\n\nThe answer is $\\boxed{{{row['answer'].split('####')[-1].strip()}}}$."
+                solution = (
+                    row["answer"].split("####")[0].strip()
+                    + f"\n\nThe answer is $\\boxed{{{row['answer'].split('####')[-1].strip()}}}$."
+                )
                 pairs.append((row["question"], solution))
                 if len(pairs) == count:
                     break
@@ -56,7 +59,9 @@ def one_at_a_time(model, tokenizer, conversations) -> list[float]:
 
     scores = []
     for chat in conversations:
-        inputs = tokenizer.apply_chat_template(chat, tokenize=True, return_tensors="pt", return_dict=True).to(model.device)
+        inputs = tokenizer.apply_chat_template(chat, tokenize=True, return_tensors="pt", return_dict=True).to(
+            model.device
+        )
         with torch.no_grad():
             scores.append(model(**inputs).logits[0][0].item())
     return scores
@@ -64,14 +69,20 @@ def one_at_a_time(model, tokenizer, conversations) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="use a tiny random Llama classifier instead of the embedded SmolLM2")
+    parser.add_argument(
+        "--tiny", action="store_true", help="use a tiny random Llama classifier instead of the embedded SmolLM2"
+    )
     parser.add_argument("--pairs", type=int, default=64, help="(question, response) pairs scored per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both methods")
-    parser.add_argument("--batch-sizes", default="", help="comma-separated stage batch sizes to time (default: the stage's own default)")
+    parser.add_argument(
+        "--batch-sizes", default="", help="comma-separated stage batch sizes to time (default: the stage's own default)"
+    )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept"
+    )
     args = parser.parse_args()
 
     import torch
@@ -82,29 +93,50 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = tiny_score_head(args.cache / "tiny-reward") if args.tiny else score_head_from_embedded(args.cache / "smollm2-135m-reward")
+    model_dir = (
+        tiny_score_head(args.cache / "tiny-reward")
+        if args.tiny
+        else score_head_from_embedded(args.cache / "smollm2-135m-reward")
+    )
     conversations = [conversation(q, r) for q, r in load_pairs(args.pairs)]
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
-    scorers = {size: ClassifierScorer(RewardModelConfig(model=str(model_dir), dtype=args.dtype, device=args.device, batch_size=size)) for size in sizes}
+    scorers = {
+        size: ClassifierScorer(
+            RewardModelConfig(model=str(model_dir), dtype=args.dtype, device=args.device, batch_size=size)
+        )
+        for size in sizes
+    }
     # One model object for all: the baseline uses the first scorer's model and tokenizer.
     first = next(iter(scorers.values()))
     for scorer in scorers.values():
         scorer.model, scorer.tokenizer = first.model, first.tokenizer
     model, tokenizer = first.model, first.tokenizer
-    lengths = [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations]
-    print(f"model {model_dir.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {model.dtype}, {model.device}), "
-          f"torch threads {torch.get_num_threads()}, {len(conversations)} pairs, tokens per pair {min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f})")
+    lengths = [
+        len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]) for c in conversations
+    ]
+    print(
+        f"model {model_dir.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, {model.dtype}, "
+        f"{model.device}), "
+        f"torch threads {torch.get_num_threads()}, {len(conversations)} pairs, tokens per pair "
+        f"{min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f})"
+    )
 
     # Warm-up (first calls allocate and pick kernels), and a check that both give the same scores.
     reference = one_at_a_time(model, tokenizer, conversations[:8])
     for size, scorer in scorers.items():
         got = scorer.score(conversations[:8])
-        print(f"batch {size or scorer.batch_size}: max |score difference| vs one at a time on 8 pairs = {max(abs(a - b) for a, b in zip(got, reference)):.2e}")
+        print(
+            f"batch {size or scorer.batch_size}: max |score difference| vs one at a time on 8 pairs = "
+            f"{max(abs(a - b) for a, b in zip(got, reference)):.2e}"
+        )
 
     rates: dict[str, list[float]] = {"one at a time": []} | {f"stage, batch {s or first.batch_size}": [] for s in sizes}
     for round_index in range(args.rounds):
         runs = [("one at a time", lambda: one_at_a_time(model, tokenizer, conversations))]
-        runs += [(f"stage, batch {s or first.batch_size}", lambda sc=sc: sc.score(conversations)) for s, sc in scorers.items()]
+        runs += [
+            (f"stage, batch {s or first.batch_size}", lambda sc=sc: sc.score(conversations))
+            for s, sc in scorers.items()
+        ]
         if round_index % 2:
             runs.reverse()
         for name, run in runs:
@@ -115,7 +147,10 @@ def main() -> None:
     baseline = statistics.median(rates["one at a time"])
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"{name:>20}: {median:7.2f} pairs/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio {median / baseline:.2f}x")
+        print(
+            f"{name:>20}: {median:7.2f} pairs/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio "
+            f"{median / baseline:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_common(stage_parser)
         for flag in stage.flags:  # a shortcut for the config field of that name
-            stage_parser.add_argument(f"--{flag}", help=f"same as {flag}=VALUE: {stage.config.model_fields[flag].description}")
+            stage_parser.add_argument(
+                f"--{flag}", help=f"same as {flag}=VALUE: {stage.config.model_fields[flag].description}"
+            )
     run = sub.add_parser(
         "run",
         help="run a whole pipeline YAML",
@@ -82,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the demo pipeline on the embedded model",
         description="Sample questions from scratch with the embedded SmolLM2-135M-Instruct and filter them.",
     )
-    demo.add_argument("--output-dir", default="scalequest-demo", help="where the demo writes (default: ./scalequest-demo)")
+    demo.add_argument(
+        "--output-dir", default="scalequest-demo", help="where the demo writes (default: ./scalequest-demo)"
+    )
     add_common(demo, config=False)
     cost = sub.add_parser(
         "cost",
@@ -90,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Phase, samples, GPU-hours and cost of every finished stage under RUN_DIR.",
     )
     cost.add_argument("run_dir", help="a pipeline's output_dir (one sub-folder per stage)")
-    cost.add_argument("--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)")
+    cost.add_argument(
+        "--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)"
+    )
     cost.add_argument("--debug", action="store_true", help="show tracebacks")
     serve = sub.add_parser(
         "serve",
@@ -113,7 +119,11 @@ def print_stage_summary(name: str, manifest: dict) -> None:
     if manifest.get("tokens_out"):
         parts.append(f"{manifest['tokens_out']} tokens generated")
     if manifest.get("steps") is not None:
-        first, last, mean = manifest.get("first_logged_loss"), manifest.get("last_logged_loss"), manifest.get("train_loss")
+        first, last, mean = (
+            manifest.get("first_logged_loss"),
+            manifest.get("last_logged_loss"),
+            manifest.get("train_loss"),
+        )
         # Short runs log the loss once or never; their mean training loss is then the figure to show.
         if first is not None and last is not None and first != last:
             parts.append(f"{manifest['steps']} steps, loss {first:.3f} -> {last:.3f}")

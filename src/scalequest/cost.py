@@ -13,6 +13,7 @@ from scalequest import io
 # The paper's run: $680.8 for 522.9 A100-40G hours.
 PAPER_PRICE_PER_GPU_HOUR = round(680.8 / 522.9, 2)
 
+
 def stage_manifests(run_dir: Path) -> list[dict]:
     """Manifests of the finished stages under `run_dir` (one folder per stage), in pipeline order."""
     from scalequest.pipeline import STAGES
@@ -34,7 +35,9 @@ def cost_rows(run_dir: str | Path, price_per_gpu_hour: float = PAPER_PRICE_PER_G
     rows: dict[str, dict] = {}
     for manifest in manifests:
         phase = STAGES[manifest["stage"]].phase if manifest["stage"] in STAGES else manifest["stage"]
-        row = rows.setdefault(phase, {"phase": phase, "stages": [], "samples": 0, "gpu_hours": 0.0, "wall_hours": 0.0, "devices": set()})
+        row = rows.setdefault(
+            phase, {"phase": phase, "stages": [], "samples": 0, "gpu_hours": 0.0, "wall_hours": 0.0, "devices": set()}
+        )
         row["stages"].append(manifest["stage"])
         # Samples of a phase: rows its last stage produced (for training, the examples trained on).
         row["samples"] = manifest.get("rows_out", manifest.get("rows_in", 0))
@@ -42,8 +45,14 @@ def cost_rows(run_dir: str | Path, price_per_gpu_hour: float = PAPER_PRICE_PER_G
         row["wall_hours"] += manifest.get("wall_seconds", 0.0) / 3600
         row["devices"].update(manifest.get("devices", []))
     table = list(rows.values())
-    total = {"phase": "Total", "stages": [], "samples": "", "gpu_hours": sum(r["gpu_hours"] for r in table),
-             "wall_hours": sum(r["wall_hours"] for r in table), "devices": set().union(*(r["devices"] for r in table))}
+    total = {
+        "phase": "Total",
+        "stages": [],
+        "samples": "",
+        "gpu_hours": sum(r["gpu_hours"] for r in table),
+        "wall_hours": sum(r["wall_hours"] for r in table),
+        "devices": set().union(*(r["devices"] for r in table)),
+    }
     for row in table + [total]:
         row["cost"] = row["gpu_hours"] * price_per_gpu_hour
         row["devices"] = ", ".join(sorted(row["devices"])) or "-"
@@ -57,6 +66,7 @@ def cost_markdown(rows: list[dict], price_per_gpu_hour: float = PAPER_PRICE_PER_
     ]
     for row in rows:
         lines.append(
-            f"| {row['phase']} | {row['samples']} | {row['gpu_hours']:.4f} | {row['cost']:.2f} | {row['wall_hours']:.4f} | {row['devices']} |"
+            f"| {row['phase']} | {row['samples']} | {row['gpu_hours']:.4f} | {row['cost']:.2f} | "
+            f"{row['wall_hours']:.4f} | {row['devices']} |"
         )
     return "\n".join(lines) + "\n"

@@ -64,7 +64,11 @@ def to_jsonl(rows: list[dict]) -> str:
 
 def remove_temporary_files(folder: Path) -> None:
     """Leftovers of a killed run; never complete, so always safe to delete."""
-    for tmp in [*folder.glob(".*.tmp-*"), *(folder / STATS_DIR).glob(".*.tmp-*"), *(folder / REMOVED_DIR).glob(".*.tmp-*")]:
+    for tmp in [
+        *folder.glob(".*.tmp-*"),
+        *(folder / STATS_DIR).glob(".*.tmp-*"),
+        *(folder / REMOVED_DIR).glob(".*.tmp-*"),
+    ]:
         tmp.unlink(missing_ok=True)
 
 
@@ -85,7 +89,9 @@ def bundled_file(name: str) -> Path:
 def input_files(source: Path) -> list[Path]:
     """The data files of an input: a stage output folder, a folder of JSONL/Parquet files, a glob, or one file."""
     if any(char in str(source) for char in "*?["):
-        matched = sorted(p for p in map(Path, glob.glob(str(source), recursive=True)) if p.is_file() and p.suffix in DATA_SUFFIXES)
+        matched = sorted(
+            p for p in map(Path, glob.glob(str(source), recursive=True)) if p.is_file() and p.suffix in DATA_SUFFIXES
+        )
         if not matched:
             raise DataError(f"input {source} matches no .jsonl, .json or .parquet file")
         return matched
@@ -184,7 +190,11 @@ def load_hub(dataset_id: str, config: str | None, split: str, revision: str | No
     try:
         data = datasets.load_dataset(dataset_id, config, split=split, revision=revision)
     except (DatasetNotFoundError, ConnectionError, FileNotFoundError) as err:
-        reason = "has no such dataset" if isinstance(err, DatasetNotFoundError) else "could not be reached or has no such dataset"
+        reason = (
+            "has no such dataset"
+            if isinstance(err, DatasetNotFoundError)
+            else "could not be reached or has no such dataset"
+        )
         raise DataError(
             f"Hub dataset {dataset_id}: the Hugging Face Hub {reason} ({first_line(err)}); offline, download it where "
             "there is internet and name the file instead, e.g. input=data.jsonl (or {bundled: gsm8k_train})"
@@ -196,7 +206,7 @@ def load_hub(dataset_id: str, config: str | None, split: str, revision: str | No
 
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return (text.splitlines()[0][:300] if text else type(err).__name__)
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def stage_folder(source: "DataSource | Path | str") -> Path | None:

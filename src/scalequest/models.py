@@ -24,7 +24,10 @@ class ModelError(ValueError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SCALEQUEST_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalequest"
+    root = (
+        os.environ.get("SCALEQUEST_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scalequest"
+    )
     return Path(root)
 
 

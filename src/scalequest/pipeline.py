@@ -62,36 +62,109 @@ QUESTION_STAGES = ("filter-difficulty", "filter-solvability", "filter-language",
 QPO, FILTERING = "Question preference optimization (QPO)", "Question filtering"
 
 # Every stage, in pipeline order.
-STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("qft", qft.QFTConfig, qft.run, "training", "Question fine-tuning (QFT)"),
-    Stage("qpo-data", QPODataConfig, BuildQPOData.run, "row-wise", QPO, {"generator.model": ("qft",)}),
-    Stage("qpo", qpo.QPOConfig, qpo.run, "training", QPO, {"input": ("qpo-data",), "model": ("qft",)}),
-    Stage("generate-questions", GenerateQuestionsConfig, GenerateQuestions.run, "row-wise", "Question generation",
-          {"engine.model": ("qpo", "qft")}, writes_questions=True),
-    Stage("filter-language", FilterLanguageConfig, FilterLanguage.run, "row-wise", FILTERING,
-          {"input": ("generate-questions",)}, writes_questions=True),
-    Stage("filter-solvability", FilterSolvabilityConfig, FilterSolvability.run, "row-wise", FILTERING,
-          {"input": ("filter-language", "generate-questions")}, writes_questions=True),
-    Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty.run, "row-wise", FILTERING),
-    Stage("difficulty-train", DifficultyTrainConfig, train_regressor, "training", FILTERING, {"input": ("difficulty-label",)}),
-    Stage("filter-difficulty", FilterDifficultyConfig, FilterDifficulty.run, "row-wise", FILTERING,
-          {"input": QUESTION_STAGES[1:], "regressor": ("difficulty-train",)}, writes_questions=True),
-    Stage("generate-responses", GenerateResponsesConfig, GenerateResponses.run, "row-wise", "Response generation",
-          {"input": QUESTION_STAGES}),
-    Stage("reward-select", RewardSelectConfig, RewardSelect.run, "row-wise", "Reward scoring", {"input": ("generate-responses",)}),
-    Stage("decontaminate", DecontaminateConfig, Decontaminate.run, "row-wise", "Decontamination and export",
-          {"input": ("reward-select", "generate-responses")}),
-    Stage("export", ExportConfig, Export.run, "row-wise", "Decontamination and export",
-          {"input": ("decontaminate", "reward-select", "generate-responses")}),
-    Stage("sft", sft.SFTStageConfig, sft.run, "training", "Fine-tuning (SFT)", {"input": ("export",)}),
-    Stage("evaluate", EvaluateConfig, Evaluate.run, "row-wise", "Evaluation", {"engine.model": ("sft",)}, flags=("limit",)),
-]}
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage("qft", qft.QFTConfig, qft.run, "training", "Question fine-tuning (QFT)"),
+        Stage("qpo-data", QPODataConfig, BuildQPOData.run, "row-wise", QPO, {"generator.model": ("qft",)}),
+        Stage("qpo", qpo.QPOConfig, qpo.run, "training", QPO, {"input": ("qpo-data",), "model": ("qft",)}),
+        Stage(
+            "generate-questions",
+            GenerateQuestionsConfig,
+            GenerateQuestions.run,
+            "row-wise",
+            "Question generation",
+            {"engine.model": ("qpo", "qft")},
+            writes_questions=True,
+        ),
+        Stage(
+            "filter-language",
+            FilterLanguageConfig,
+            FilterLanguage.run,
+            "row-wise",
+            FILTERING,
+            {"input": ("generate-questions",)},
+            writes_questions=True,
+        ),
+        Stage(
+            "filter-solvability",
+            FilterSolvabilityConfig,
+            FilterSolvability.run,
+            "row-wise",
+            FILTERING,
+            {"input": ("filter-language", "generate-questions")},
+            writes_questions=True,
+        ),
+        Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty.run, "row-wise", FILTERING),
+        Stage(
+            "difficulty-train",
+            DifficultyTrainConfig,
+            train_regressor,
+            "training",
+            FILTERING,
+            {"input": ("difficulty-label",)},
+        ),
+        Stage(
+            "filter-difficulty",
+            FilterDifficultyConfig,
+            FilterDifficulty.run,
+            "row-wise",
+            FILTERING,
+            {"input": QUESTION_STAGES[1:], "regressor": ("difficulty-train",)},
+            writes_questions=True,
+        ),
+        Stage(
+            "generate-responses",
+            GenerateResponsesConfig,
+            GenerateResponses.run,
+            "row-wise",
+            "Response generation",
+            {"input": QUESTION_STAGES},
+        ),
+        Stage(
+            "reward-select",
+            RewardSelectConfig,
+            RewardSelect.run,
+            "row-wise",
+            "Reward scoring",
+            {"input": ("generate-responses",)},
+        ),
+        Stage(
+            "decontaminate",
+            DecontaminateConfig,
+            Decontaminate.run,
+            "row-wise",
+            "Decontamination and export",
+            {"input": ("reward-select", "generate-responses")},
+        ),
+        Stage(
+            "export",
+            ExportConfig,
+            Export.run,
+            "row-wise",
+            "Decontamination and export",
+            {"input": ("decontaminate", "reward-select", "generate-responses")},
+        ),
+        Stage("sft", sft.SFTStageConfig, sft.run, "training", "Fine-tuning (SFT)", {"input": ("export",)}),
+        Stage(
+            "evaluate",
+            EvaluateConfig,
+            Evaluate.run,
+            "row-wise",
+            "Evaluation",
+            {"engine.model": ("sft",)},
+            flags=("limit",),
+        ),
+    ]
+}
 
 # `${stages.NAME.output}` in a pipeline YAML: another (earlier) stage's output folder.
 REFERENCE = re.compile(r"\$\{stages\.([a-z-]+)\.output\}")
 
 
-def fill_from_earlier(name: str, values: dict[str, Any], outputs: dict[str, Path]) -> tuple[dict[str, Any], dict[str, str]]:
+def fill_from_earlier(
+    name: str, values: dict[str, Any], outputs: dict[str, Path]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Fill unset fields from earlier stages' outputs; return the values and {field: feeding stage}."""
     wired = {}
     for field_name, sources in STAGES[name].feeds.items():
@@ -119,8 +192,10 @@ def resolve_references(value: Any, outputs: dict[str, Path], where: str) -> Any:
 
     def output_of(match: re.Match) -> str:
         if match.group(1) not in outputs:
-            raise ConfigError(f"{where}: {match.group(0)} names no earlier stage of this pipeline "
-                              f"(earlier: {', '.join(outputs) or 'none'})")
+            raise ConfigError(
+                f"{where}: {match.group(0)} names no earlier stage of this pipeline "
+                f"(earlier: {', '.join(outputs) or 'none'})"
+            )
         return str(outputs[match.group(1)])
 
     return REFERENCE.sub(output_of, value)
@@ -129,7 +204,9 @@ def resolve_references(value: Any, outputs: dict[str, Path], where: str) -> Any:
 class PipelineConfig(Section):
     output_dir: Path = Field(..., description="Folder holding one sub-folder per stage.")
     stages: dict[str, dict[str, Any] | None] = Field(
-        ..., description="Stage name -> that stage's config, in pipeline order; ${stages.NAME.output} names an earlier stage's output."
+        ...,
+        description="Stage name -> that stage's config, in pipeline order; ${stages.NAME.output} names an earlier "
+        "stage's output.",
     )
 
 
@@ -190,7 +267,10 @@ def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
             lines.append(f"     {label}: {value}" + (f"  <- {wired[label]}" if label in wired else ""))
         for field_name, model in model_provenance(config, commits=False).items():
             revision = f" @ {model['revision']}" if model["revision"] else ""
-            lines.append(f"     {field_name}: {model['model']}{revision}" + (f"  <- {wired[field_name]}" if field_name in wired else ""))
+            lines.append(
+                f"     {field_name}: {model['model']}{revision}"
+                + (f"  <- {wired[field_name]}" if field_name in wired else "")
+            )
         done = " (finished)" if (Path(config.output) / "manifest.json").is_file() else ""
         lines.append(f"     output: {config.output}{done}")
     return "\n".join(lines)

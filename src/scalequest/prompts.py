@@ -27,7 +27,8 @@ Question:
 {question}
 
 Do the following.
-1. Decide whether this is a real math question that stands on its own. Solve it, to find out whether it can be answered from what it says.
+1. Decide whether this is a real math question that stands on its own. Solve it, to find out whether it can be \
+answered from what it says.
 2. Rewrite it so that:
    - it asks for exactly one thing, and that thing is a single number;
    - it makes sense in everyday life (amounts of money are not negative, people and objects come in whole numbers);
@@ -43,7 +44,8 @@ Question:
 
 Do the following.
 1. If the question contains a mistake or leaves out something needed to solve it, fix that first.
-2. List a few ways the question could be made harder, for example one more reasoning step, an extra condition, or less convenient numbers.
+2. List a few ways the question could be made harder, for example one more reasoning step, an extra condition, or \
+less convenient numbers.
 3. Choose one or two of them and plan the change.
 4. Rewrite the question with that change, adding only about 10 to 20 words. Do not solve it.
 5. {ending}"""

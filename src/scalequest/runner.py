@@ -26,7 +26,18 @@ from scalequest.stage import RowStage, Shard, ShardResult, write_shard
 
 log = logging.getLogger(__name__)
 
-TRACKED_PACKAGES = ("scalequest", "torch", "transformers", "trl", "peft", "datasets", "vllm", "openai", "math-verify", "ray")
+TRACKED_PACKAGES = (
+    "scalequest",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "vllm",
+    "openai",
+    "math-verify",
+    "ray",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -52,11 +63,14 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
     if out.is_dir() and any(out.iterdir()):
         saved_path = out / io.CONFIG
         if not saved_path.is_file():
-            raise io.DataError(f"output folder {out} is not empty and holds no ScaleQuest stage output; choose another output")
+            raise io.DataError(
+                f"output folder {out} is not empty and holds no ScaleQuest stage output; choose another output"
+            )
         saved = yaml.safe_load(saved_path.read_text()) or {}
         if saved.get("stage") != config.stage:
             raise io.DataError(
-                f"output folder {out} holds the output of stage {saved.get('stage')!r}, not {config.stage!r}; choose another output"
+                f"output folder {out} holds the output of stage {saved.get('stage')!r}, not {config.stage!r}; choose "
+                "another output"
             )
         same = saved.get("run_hash") == wanted
         if same and io.read_manifest(out) is not None and not force:
@@ -64,7 +78,8 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
         started_work = any(path.name != io.CONFIG for path in out.iterdir())
         if not same and started_work and not force:
             raise io.DataError(
-                f"output folder {out} holds a {config.stage} run with another config or input; pass --force to start over, or choose another output"
+                f"output folder {out} holds a {config.stage} run with another config or input; pass --force to start "
+                "over, or choose another output"
             )
         if force:
             for path in out.iterdir():
@@ -84,7 +99,8 @@ def check_input_finished(config: StageConfig) -> None:
     if folder is not None and io.read_manifest(folder) is None:
         saved = yaml.safe_load((folder / io.CONFIG).read_text()) or {}
         raise io.DataError(
-            f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that stage first"
+            f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that stage "
+            "first"
         )
 
 

@@ -35,7 +35,11 @@ def sampling_params(body: dict) -> SamplingParams:
         value = body.get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
             raise RequestError(f"{key!r} must be {'an integer' if kind is int else 'a number'}")
         return kind(value)
 
@@ -63,8 +67,13 @@ def read_prompts(path: str, body: dict) -> list:
             raise RequestError("'prompt' must be a string or a non-empty list of strings")
         return prompts
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
     ):
         raise RequestError("'messages' must be a non-empty list of {role, content} objects with string values")
     return [[{"role": m["role"], "content": m["content"]} for m in messages]]
@@ -74,7 +83,11 @@ def response_body(path: str, model_name: str, results: list[list[Completion]]) -
     chat = path == "/v1/chat/completions"
     choices = []
     for completion in (c for completions in results for c in completions):
-        choice = {"index": len(choices), "finish_reason": completion.finish_reason, "completion_tokens": completion.completion_tokens}
+        choice = {
+            "index": len(choices),
+            "finish_reason": completion.finish_reason,
+            "completion_tokens": completion.completion_tokens,
+        }
         if chat:
             choice["message"] = {"role": "assistant", "content": completion.text}
         else:
@@ -88,7 +101,11 @@ def response_body(path: str, model_name: str, results: list[list[Completion]]) -
         "created": int(time.time()),
         "model": model_name,
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -101,7 +118,13 @@ def make_server(engine: Engine, model_name: str, host: str = "127.0.0.1", port: 
         def do_GET(self) -> None:
             if self.path.rstrip("/") != "/v1/models":
                 return self.send_error_json(404, f"no route GET {self.path}")
-            self.send_json(200, {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "scalequest"}]})
+            self.send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "scalequest"}],
+                },
+            )
 
         def do_POST(self) -> None:
             path = self.path.rstrip("/")

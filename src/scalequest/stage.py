@@ -137,7 +137,11 @@ class RowStage(ABC):
 
 
 def write_shard(
-    out: Path, shard: Shard, result: ShardResult, seconds: float, devices: tuple[str, int] = ("cpu", 0),
+    out: Path,
+    shard: Shard,
+    result: ShardResult,
+    seconds: float,
+    devices: tuple[str, int] = ("cpu", 0),
     keep_removed: bool = True,
 ) -> dict:
     """Removed rows and stats first, then the rows: a shard counts as done only once its rows file is in place."""
@@ -157,4 +161,3 @@ def write_shard(
     io.atomic_write_text(io.stats_path(out, shard.index), json.dumps(stats))
     io.atomic_write_text(io.shard_path(out, shard.index), io.to_jsonl(result.rows))
     return stats
-

@@ -32,8 +32,12 @@ class LoraOptions(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers.")
-    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters ('all-linear' or a list of names).")
-    merge: bool = Field(True, description="Merge the adapters into the weights when saving, so every engine loads the result.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters ('all-linear' or a list of names)."
+    )
+    merge: bool = Field(
+        True, description="Merge the adapters into the weights when saving, so every engine loads the result."
+    )
 
 
 class TrainingOptions(StageConfig):
@@ -49,20 +53,34 @@ class TrainingOptions(StageConfig):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine decays to 0).")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     batch_size: int = Field(4, ge=1, description="Examples per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per optimizer update (effective batch = batch_size x this x devices).")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Steps accumulated per optimizer update (effective batch = batch_size x this x devices)."
+    )
     max_length: int = Field(2048, ge=8, description="Longest tokenized example; longer ones are truncated.")
-    lora: LoraOptions | None = Field(None, description="Train LoRA adapters through PEFT instead of all weights (e.g. lora={r: 16}).")
-    bf16: bool | None = Field(None, description="Train in bfloat16 mixed precision; default: on CUDA with bf16 support, off on CPU (float32 is faster there).")
+    lora: LoraOptions | None = Field(
+        None, description="Train LoRA adapters through PEFT instead of all weights (e.g. lora={r: 16})."
+    )
+    bf16: bool | None = Field(
+        None,
+        description="Train in bfloat16 mixed precision; default: on CUDA with bf16 support, off on CPU (float32 is "
+        "faster there).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     seed: int = Field(42, description="Seed for data order and initialisation.")
     logging_steps: int = Field(10, ge=1, description="Log loss every this many steps.")
     save_steps: int = Field(500, ge=1, description="Checkpoint every this many steps (the unit of resume).")
-    keep_checkpoints: bool = Field(False, description="Keep OUTPUT/checkpoints (weights and optimizer state) after training finishes; by default they are deleted, since they only serve to resume.")
+    keep_checkpoints: bool = Field(
+        False,
+        description="Keep OUTPUT/checkpoints (weights and optimizer state) after training finishes; by default they "
+        "are deleted, since they only serve to resume.",
+    )
     trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
     trainer: dict[str, Any] = Field(
         default_factory=dict,
-        description="Any other field of the stage's trainer arguments (transformers TrainingArguments, TRL SFTConfig or "
-        "DPOConfig), passed as is, e.g. {report_to: wandb, weight_decay: 0.01}; it overrides our defaults (OUR_TRAINER_DEFAULTS).",
+        description="Any other field of the stage's trainer arguments (transformers TrainingArguments, TRL SFTConfig "
+        "or "
+        "DPOConfig), passed as is, e.g. {report_to: wandb, weight_decay: 0.01}; it overrides our defaults "
+        "(OUR_TRAINER_DEFAULTS).",
     )
 
     # The trainer-arguments class of the stage, "module:Class", whose fields `trainer` may set.
@@ -86,7 +104,9 @@ class TrainingOptions(StageConfig):
 class TrainingConfig(TrainingOptions):
     """A training stage that reads one `input` dataset (QFT reads several `sources` instead)."""
 
-    input: DataSource = Field(..., description="Training data: a stage's output folder or file, {bundled: NAME} or {hub: ID, ...}.")
+    input: DataSource = Field(
+        ..., description="Training data: a stage's output folder or file, {bundled: NAME} or {hub: ID, ...}."
+    )
 
 
 # Where our trainer defaults differ from the library's (the one place they are listed); `trainer` overrides them.
@@ -97,11 +117,21 @@ OUR_TRAINER_DEFAULTS = {
 
 # Trainer arguments our own config fields set -> that field (a second way to set them would be ambiguous).
 OWN_FIELDS = {
-    "output_dir": "output", "num_train_epochs": "epochs", "max_steps": "max_steps", "learning_rate": "learning_rate",
-    "lr_scheduler_type": "lr_scheduler", "warmup_steps": "warmup_ratio", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps", "bf16": "bf16",
-    "activation_checkpointing": "gradient_checkpointing", "seed": "seed", "logging_steps": "logging_steps",
-    "save_steps": "save_steps", "disable_tqdm": "progress", "max_length": "max_length",
+    "output_dir": "output",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "learning_rate": "learning_rate",
+    "lr_scheduler_type": "lr_scheduler",
+    "warmup_steps": "warmup_ratio",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "bf16": "bf16",
+    "activation_checkpointing": "gradient_checkpointing",
+    "seed": "seed",
+    "logging_steps": "logging_steps",
+    "save_steps": "save_steps",
+    "disable_tqdm": "progress",
+    "max_length": "max_length",
 }
 
 
@@ -153,8 +183,13 @@ def trainer_arguments(config: TrainingOptions, arguments_class: type, **stage_ar
     return arguments_class(**{**common, **OUR_TRAINER_DEFAULTS, **stage_arguments, **config.trainer})
 
 
-def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force: bool = False, check: Callable[[], None] | None = None) -> dict:
-    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save and write the manifest."""
+def run_training(
+    config: TrainingConfig,
+    build_trainer: Callable[[], Any],
+    force: bool = False,
+    check: Callable[[], None] | None = None,
+) -> dict:
+    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save, write the manifest."""
     from transformers.trainer_utils import get_last_checkpoint
 
     from accelerate import PartialState
@@ -179,9 +214,17 @@ def run_training(config: TrainingConfig, build_trainer: Callable[[], Any], force
     save_model(trainer, config)
     if not state.is_main_process:
         return {}
-    return finish_training(config, trainer, result, started, {
-        "input": str(config.input), "input_fingerprint": fingerprint, "rows_in": len(trainer.train_dataset),
-    })
+    return finish_training(
+        config,
+        trainer,
+        result,
+        started,
+        {
+            "input": str(config.input),
+            "input_fingerprint": fingerprint,
+            "rows_in": len(trainer.train_dataset),
+        },
+    )
 
 
 def finish_training(config: TrainingOptions, trainer, result, started: float, entries: dict) -> dict:
@@ -205,7 +248,8 @@ def finish_training(config: TrainingOptions, trainer, result, started: float, en
         "package_versions": package_versions(),
     }
     io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
-    # After the manifest: a kill during the deletion leaves a finished stage, never a half-deleted checkpoint to resume from.
+    # After the manifest: a kill during the deletion leaves a finished stage, never a half-deleted checkpoint to
+    # resume from.
     if not config.keep_checkpoints:
         shutil.rmtree(config.output / "checkpoints", ignore_errors=True)
     return manifest
@@ -248,4 +292,3 @@ def read_examples(source: DataSource, fields: tuple[str, ...]) -> list[dict]:
     if not rows:
         raise io.DataError(f"input {source} holds no rows to train on")
     return rows
-

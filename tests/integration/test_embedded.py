@@ -26,7 +26,8 @@ def test_embedded_model_converts_once_and_has_a_chat_prefix():
     assert resolve_model("embedded") == path  # cached, not converted again
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert pre_query_prefix(tokenizer) == (
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n"
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\n"
     )
     assert stop_strings(tokenizer) == ["<|im_end|>"]
 
@@ -44,13 +45,28 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
     printed = capsys.readouterr().out
     assert "Funnel:" in printed and "Sample questions:" in printed and "| gsm8k | 2 |" in printed
     manifests = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/manifest.json")}
-    assert set(manifests) == {"qft", "qpo-data", "qpo", "generate-questions", "filter-language", "filter-solvability",
-                              "difficulty-label", "difficulty-train", "filter-difficulty", "generate-responses",
-                              "decontaminate", "export", "sft", "evaluate"}
+    assert set(manifests) == {
+        "qft",
+        "qpo-data",
+        "qpo",
+        "generate-questions",
+        "filter-language",
+        "filter-solvability",
+        "difficulty-label",
+        "difficulty-train",
+        "filter-difficulty",
+        "generate-responses",
+        "decontaminate",
+        "export",
+        "sft",
+        "evaluate",
+    }
     generated, filtered = manifests["generate-questions"], manifests["filter-language"]
     assert generated["rows_out"] == 24 and generated["tokens_out"] > 0
     assert filtered["rows_in"] == 24 and filtered["rows_out"] + sum(filtered["dropped"].values()) == 24
-    assert all(q["question"].isascii() and "<|im_end|>" not in q["question"] for q in load_rows(out / "filter-language"))
+    assert all(
+        q["question"].isascii() and "<|im_end|>" not in q["question"] for q in load_rows(out / "filter-language")
+    )
     assert manifests["qpo-data"]["rows_out"] >= 1 and manifests["qpo"]["steps"] >= 1
     assert manifests["export"]["rows_out"] >= 1 and (out / "export" / "README.md").is_file()
     assert (out / "sft" / "model.safetensors").is_file()
@@ -58,13 +74,25 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
     assert manifests["qft"]["input"] == ["bundled:gsm8k_train"]
     # A second run finds every stage finished and skips it.
     assert main(["demo", "--output-dir", str(out)]) == 0
-    assert json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"] == generated["finished_at"]
+    assert (
+        json.loads((out / "generate-questions" / "manifest.json").read_text())["finished_at"]
+        == generated["finished_at"]
+    )
 
 
 def test_evaluate_limit_5_on_the_embedded_model(tmp_path, shared_data, capsys):
     out = tmp_path / "eval"
-    code = main(["evaluate", f"output={out}", "--limit", "5", "benchmarks=[gsm8k]", f"data_dir={shared_data / 'benchmarks'}",
-                 "sampling.max_new_tokens=256"])
+    code = main(
+        [
+            "evaluate",
+            f"output={out}",
+            "--limit",
+            "5",
+            "benchmarks=[gsm8k]",
+            f"data_dir={shared_data / 'benchmarks'}",
+            "sampling.max_new_tokens=256",
+        ]
+    )
     assert code == 0
     assert "| gsm8k | 5 |" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())["benchmarks"][0]

@@ -34,10 +34,16 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
     source.write_text("".join(json.dumps(q) + "\n" for q in questions))
 
     # 1. The judge: every question gets a verdict read from the end of its output.
-    judged = FilterSolvability.run(FilterSolvabilityConfig(
-        input=source, output=tmp_path / "solvable", engine={"model": "embedded"}, sampling={"max_new_tokens": 64},
-        keep_undecided=True, progress=False,
-    ))
+    judged = FilterSolvability.run(
+        FilterSolvabilityConfig(
+            input=source,
+            output=tmp_path / "solvable",
+            engine={"model": "embedded"},
+            sampling={"max_new_tokens": 64},
+            keep_undecided=True,
+            progress=False,
+        )
+    )
     assert judged["rows_in"] == 5 and judged["tokens_out"] > 0
     assert sum(v for k, v in judged["counts"].items() if k.startswith("verdict_")) == 5
     kept = io.load_rows(tmp_path / "solvable")
@@ -46,28 +52,49 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
         assert row["solvability_verdict"] == parse_verdict(row["solvability_judgement"])
 
     # 2. Fail rates of the solver on four GSM8K train questions, two samples each.
-    labels = LabelDifficulty.run(DifficultyLabelConfig(
-        input=str(train_file), limit=4, output=tmp_path / "labels", engine={"model": "embedded"},
-        sampling={"n": 2, "max_new_tokens": 128}, progress=False,
-    ))
+    labels = LabelDifficulty.run(
+        DifficultyLabelConfig(
+            input=str(train_file),
+            limit=4,
+            output=tmp_path / "labels",
+            engine={"model": "embedded"},
+            sampling={"n": 2, "max_new_tokens": 128},
+            progress=False,
+        )
+    )
     labelled = io.load_rows(tmp_path / "labels")
     assert labels["rows_out"] == len(labelled) == 4 and labels["counts"]["samples"] == 8
     assert all(row["fail_rate"] in (0.0, 0.5, 1.0) and row["samples"] == 2 for row in labelled)
-    assert [row["gold"] for row in labelled] == [row["answer"].split("####")[-1].strip().replace(",", "") for row in gsm8k[:4]]
+    assert [row["gold"] for row in labelled] == [
+        row["answer"].split("####")[-1].strip().replace(",", "") for row in gsm8k[:4]
+    ]
 
     # 3. Two training steps of a regression head on the embedded model.
-    trained = train_regressor(DifficultyTrainConfig(
-        input=tmp_path / "labels", output=tmp_path / "regressor", model="embedded", max_steps=2, batch_size=2,
-        max_length=128, eval_fraction=0.25, progress=False,
-    ))
+    trained = train_regressor(
+        DifficultyTrainConfig(
+            input=tmp_path / "labels",
+            output=tmp_path / "regressor",
+            model="embedded",
+            max_steps=2,
+            batch_size=2,
+            max_length=128,
+            eval_fraction=0.25,
+            progress=False,
+        )
+    )
     assert trained["steps"] == 2 and trained["held_out"]["rows"] == 1 and trained["held_out"]["mse"] is not None
     check_regressor(str(tmp_path / "regressor"))
 
     # 4. Score the judged questions and drop the easier half.
-    filtered = FilterDifficulty.run(FilterDifficultyConfig(
-        input=tmp_path / "solvable", output=tmp_path / "hard", regressor=str(tmp_path / "regressor"),
-        default_rule={"bottom_fraction": 0.5}, progress=False,
-    ))
+    filtered = FilterDifficulty.run(
+        FilterDifficultyConfig(
+            input=tmp_path / "solvable",
+            output=tmp_path / "hard",
+            regressor=str(tmp_path / "regressor"),
+            default_rule={"bottom_fraction": 0.5},
+            progress=False,
+        )
+    )
     scored = io.load_rows(tmp_path / "hard" / "scores")
     assert len(scored) == len(kept) and all(isinstance(row["difficulty"], float) for row in scored)
     assert filtered["rows_out"] == len(kept) - len(kept) // 2

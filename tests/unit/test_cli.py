@@ -127,7 +127,9 @@ def test_missing_config_file(tmp_path, capsys):
     assert_one_error_line(capsys, code, "nope.yaml")
 
 
-@pytest.mark.parametrize("override, key", [("num=many", "num"), ("sampling.max_new_tokens=1.5", "sampling.max_new_tokens")])
+@pytest.mark.parametrize(
+    "override, key", [("num=many", "num"), ("sampling.max_new_tokens=1.5", "sampling.max_new_tokens")]
+)
 def test_wrong_type(tmp_path, capsys, override, key):
     code = call(["generate-questions", f"output={tmp_path / 'o'}", override])
     assert_one_error_line(capsys, code, f"'{key}'")
@@ -183,7 +185,9 @@ def test_output_folder_of_another_stage(tmp_path, tiny_model_dir, capsys):
     assert call(["filter-language", f"input={source}", f"output={filtered}", "progress=false"]) == 0
     capsys.readouterr()
     before = sorted(p.name for p in filtered.iterdir())
-    code = call(["generate-questions", f"output={filtered}", f"engine.model={tiny_model_dir}", "num=2", "progress=false"])
+    code = call(
+        ["generate-questions", f"output={filtered}", f"engine.model={tiny_model_dir}", "num=2", "progress=false"]
+    )
     assert_one_error_line(capsys, code, "filter-language", "generate-questions", str(filtered))
     code = call(["generate-questions", "--force", f"output={filtered}", f"engine.model={tiny_model_dir}", "num=2"])
     assert_one_error_line(capsys, code, "filter-language", "generate-questions")
@@ -214,7 +218,12 @@ def test_real_process_prints_exactly_one_line(tmp_path, argv):
     argv = [a.replace("CORRUPT", str(source)) for a in argv]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [sys.executable, "-m", "scalequest.cli", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "scalequest.cli", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == EXIT_BAD_INPUT, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -226,7 +235,13 @@ def test_real_process_prints_exactly_one_line(tmp_path, argv):
 def test_model_folder_without_a_model(tmp_path, capsys):
     (tmp_path / "empty-model").mkdir()
     code = call(
-        ["generate-questions", f"output={tmp_path / 'o'}", f"engine.model={tmp_path / 'empty-model'}", "num=2", "progress=false"]
+        [
+            "generate-questions",
+            f"output={tmp_path / 'o'}",
+            f"engine.model={tmp_path / 'empty-model'}",
+            "num=2",
+            "progress=false",
+        ]
     )
     assert_one_error_line(capsys, code, "empty-model")
 
@@ -246,7 +261,9 @@ def test_debug_raises_data_errors(tmp_path):
 
 def test_flags_may_come_between_overrides(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "o"
-    code = call(["generate-questions", f"output={out}", "--force", "num=0", f"engine.model={tiny_model_dir}", "progress=false"])
+    code = call(
+        ["generate-questions", f"output={out}", "--force", "num=0", f"engine.model={tiny_model_dir}", "progress=false"]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / io.MANIFEST).read_text())["config"]["num"] == 0
 
@@ -338,7 +355,9 @@ def test_run_unknown_stage_lists_valid_ones(tmp_path, capsys):
 
 def test_run_stages_out_of_order_lists_the_order(tmp_path, capsys):
     path = tmp_path / "p.yaml"
-    path.write_text(f"output_dir: {tmp_path / 'run'}\nstages:\n  filter-language: {{input: x}}\n  generate-questions: {{}}\n")
+    path.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages:\n  filter-language: {{input: x}}\n  generate-questions: {{}}\n"
+    )
     line = assert_one_error_line(capsys, call(["run", "-c", path]), "order")
     assert ", ".join(STAGES) in line
     assert not (tmp_path / "run").exists()
@@ -358,5 +377,8 @@ def test_stage_summary_shows_the_loss_a_short_training_run_has(capsys):
     print_stage_summary("sft", {**base, "first_logged_loss": None, "last_logged_loss": None, "train_loss": 1.25})
     print_stage_summary("qft", {**base, "first_logged_loss": 2.5, "last_logged_loss": 1.0, "train_loss": 1.7})
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["qpo: 9 in, 3 steps, train loss 0.600, 2.0s -> out", "sft: 9 in, 3 steps, train loss 1.250, 2.0s -> out",
-                     "qft: 9 in, 3 steps, loss 2.500 -> 1.000, 2.0s -> out"]
+    assert lines == [
+        "qpo: 9 in, 3 steps, train loss 0.600, 2.0s -> out",
+        "sft: 9 in, 3 steps, train loss 1.250, 2.0s -> out",
+        "qft: 9 in, 3 steps, loss 2.500 -> 1.000, 2.0s -> out",
+    ]

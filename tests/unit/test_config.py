@@ -122,7 +122,9 @@ def test_yaml_plus_overrides_with_typed_values(tmp_path):
 
 
 def test_overrides_without_yaml(tmp_path):
-    config = load_config(FilterLanguageConfig, None, [f"input={tmp_path}/in.jsonl", f"output={tmp_path}/o", "ascii_only=no"])
+    config = load_config(
+        FilterLanguageConfig, None, [f"input={tmp_path}/in.jsonl", f"output={tmp_path}/o", "ascii_only=no"]
+    )
     assert config.input.path == tmp_path / "in.jsonl"
     assert config.ascii_only is False
 
@@ -210,7 +212,9 @@ def test_nested_override_keeps_sibling_defaults(tmp_path):
 
 
 def test_nested_yaml_section_keeps_sibling_defaults(tmp_path):
-    path = write_yaml(tmp_path / "g.yaml", {"output": "o", "sampling": {"max_new_tokens": 32}, "engine": {"model": "x"}})
+    path = write_yaml(
+        tmp_path / "g.yaml", {"output": "o", "sampling": {"max_new_tokens": 32}, "engine": {"model": "x"}}
+    )
     config = load_config(GenerateQuestionsConfig, path)
     assert (config.sampling.max_new_tokens, config.sampling.top_p, config.sampling.temperature) == (32, 0.99, 1.0)
     assert config.engine.engine == "hf" and config.engine.dtype == "auto"
@@ -407,16 +411,23 @@ def test_engine_fields_are_typed_per_backend_with_the_keys_users_write(tmp_path)
 
     base = {"output": str(tmp_path / "q")}
     assert isinstance(build_config(GenerateQuestionsConfig, {**base, "engine": {"model": "m"}}).engine, HFEngineConfig)
-    openai = build_config(GenerateQuestionsConfig, {**base, "engine": {"engine": "openai", "base_url": "http://h/v1"}}).engine
+    openai = build_config(
+        GenerateQuestionsConfig, {**base, "engine": {"engine": "openai", "base_url": "http://h/v1"}}
+    ).engine
     assert isinstance(openai, OpenAIEngineConfig) and openai.base_url == "http://h/v1"
-    vllm = load_config(GenerateQuestionsConfig, None, [f"output={tmp_path / 'q'}", "engine.engine=vllm", "engine.max_model_len=512"])
+    vllm = load_config(
+        GenerateQuestionsConfig, None, [f"output={tmp_path / 'q'}", "engine.engine=vllm", "engine.max_model_len=512"]
+    )
     assert isinstance(vllm.engine, VLLMEngineConfig) and vllm.engine.max_model_len == 512
     assert "base_url" not in vllm.model_dump()["engine"]  # config.yaml holds only the backend's own fields
 
 
 def test_a_field_of_another_backend_names_its_backend(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'engine.base_url' for stage generate-questions "
-                                          r"\(a field of engine openai, not hf\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'engine.base_url' for stage generate-questions "
+        r"\(a field of engine openai, not hf\)",
+    ):
         build_config(GenerateQuestionsConfig, {"output": "q", "engine": {"base_url": "http://h/v1"}}, "g.yaml")
     with pytest.raises(ConfigError, match=r"key 'engine.engine': one of hf, vllm, openai \(got 'tpu'\)"):
         build_config(GenerateQuestionsConfig, {"output": "q", "engine": {"engine": "tpu"}}, "g.yaml")

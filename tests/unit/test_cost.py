@@ -17,15 +17,35 @@ def write_manifest(folder, stage, **fields):
 
 
 def test_phases_sum_gpu_hours_and_price(tmp_path):
-    write_manifest(tmp_path / "generate-questions", "generate-questions", rows_out=1000, gpu_hours=2.0, wall_seconds=7200, devices=["NVIDIA A100"])
-    write_manifest(tmp_path / "filter-language", "filter-language", rows_out=800, gpu_hours=0.0, wall_seconds=10, devices=["cpu"])
-    write_manifest(tmp_path / "filter-solvability", "filter-solvability", rows_out=600, gpu_hours=1.5, wall_seconds=5400, devices=["NVIDIA A100"])
+    write_manifest(
+        tmp_path / "generate-questions",
+        "generate-questions",
+        rows_out=1000,
+        gpu_hours=2.0,
+        wall_seconds=7200,
+        devices=["NVIDIA A100"],
+    )
+    write_manifest(
+        tmp_path / "filter-language", "filter-language", rows_out=800, gpu_hours=0.0, wall_seconds=10, devices=["cpu"]
+    )
+    write_manifest(
+        tmp_path / "filter-solvability",
+        "filter-solvability",
+        rows_out=600,
+        gpu_hours=1.5,
+        wall_seconds=5400,
+        devices=["NVIDIA A100"],
+    )
     write_manifest(tmp_path / "qft", "qft", rows_in=256, gpu_hours=0.25, wall_seconds=900, devices=["NVIDIA A100"])
     (tmp_path / "unfinished").mkdir()  # no manifest: not counted
     rows = cost_rows(tmp_path, price_per_gpu_hour=2.0)
     by_phase = {row["phase"]: row for row in rows}
     assert [row["phase"] for row in rows] == [
-        "Question fine-tuning (QFT)", "Question generation", "Question filtering", "Total"]
+        "Question fine-tuning (QFT)",
+        "Question generation",
+        "Question filtering",
+        "Total",
+    ]
     assert by_phase["Question filtering"]["samples"] == 600  # the phase's last stage
     assert by_phase["Question filtering"]["gpu_hours"] == pytest.approx(1.5)
     assert by_phase["Question fine-tuning (QFT)"]["samples"] == 256

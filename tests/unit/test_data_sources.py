@@ -160,10 +160,12 @@ def test_a_wrong_split_or_config_lists_the_valid_ones(monkeypatch):
     def wrong(name, config=None, split=None, revision=None):
         if config != "main":
             raise ValueError(f"BuilderConfig '{config}' not found. Available: ['main', 'socratic']")
-        raise ValueError(f'Unknown split "{split}". Should be one of [\'train\', \'test\'].')
+        raise ValueError(f"Unknown split \"{split}\". Should be one of ['train', 'test'].")
 
     monkeypatch.setattr(datasets, "load_dataset", wrong)
-    with pytest.raises(DataError, match=r"Hub dataset openai/gsm8k \(config 'mian'\): .*Available: \['main', 'socratic'\]"):
+    with pytest.raises(
+        DataError, match=r"Hub dataset openai/gsm8k \(config 'mian'\): .*Available: \['main', 'socratic'\]"
+    ):
         list(io.read_rows(DataSource(hub="openai/gsm8k", config="mian")))
     with pytest.raises(DataError, match=r"Unknown split \"tset\". Should be one of \['train', 'test'\]"):
         list(io.read_rows(DataSource(hub="openai/gsm8k", config="main", split="tset")))
@@ -183,8 +185,14 @@ def test_a_stage_reads_a_hub_input_and_records_it(tmp_path, fake_hub):
 
     tables, _ = fake_hub
     tables[("org/questions", None, "train")] = [{"text": "How many?"}, {"text": "¿Cuántos?"}]
-    config = build_config(FilterLanguageConfig, {"input": {"hub": "org/questions", "fields": {"question": "text"}},
-                                                 "output": str(tmp_path / "out"), "progress": False})
+    config = build_config(
+        FilterLanguageConfig,
+        {
+            "input": {"hub": "org/questions", "fields": {"question": "text"}},
+            "output": str(tmp_path / "out"),
+            "progress": False,
+        },
+    )
     manifest = FilterLanguage.run(config)
     assert manifest["rows_out"] == 1 and manifest["input"] == "org/questions:train"
     assert [row["question"] for row in io.load_rows(tmp_path / "out")] == ["How many?"]
@@ -196,8 +204,22 @@ def test_a_stage_reads_a_hub_input_and_records_it(tmp_path, fake_hub):
 HUB_MAPPINGS = {
     "gsm8k": ("openai/gsm8k", "main", "test", {"question": "Q?", "answer": "...\n#### 1,234"}, "Q?", "1234"),
     "math500": ("HuggingFaceH4/MATH-500", None, "test", {"problem": "Q?", "answer": "\\frac12"}, "Q?", "\\frac12"),
-    "college_math": ("di-zhang-fdu/College_Math_Test", None, "test", {"question": "Q?", "answer": "$10-4 n$"}, "Q?", "10-4 n"),
-    "olympiadbench": ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train", {"question": "Q?", "final_answer": ["$69$"]}, "Q?", "69"),
+    "college_math": (
+        "di-zhang-fdu/College_Math_Test",
+        None,
+        "test",
+        {"question": "Q?", "answer": "$10-4 n$"},
+        "Q?",
+        "10-4 n",
+    ),
+    "olympiadbench": (
+        "Hothan/OlympiadBench",
+        "OE_TO_maths_en_COMP",
+        "train",
+        {"question": "Q?", "final_answer": ["$69$"]},
+        "Q?",
+        "69",
+    ),
     "gsm_hard": ("reasoning-machines/gsm-hard", None, "train", {"input": "Q?", "target": 27.0}, "Q?", "27"),
     "minerva_math": ("math-ai/minervamath", None, "test", {"question": "Q?", "answer": "1.6"}, "Q?", "1.6"),
     "aime24": ("HuggingFaceH4/aime_2024", None, "train", {"problem": "Q?", "answer": "204"}, "Q?", "204"),
@@ -219,7 +241,9 @@ def test_benchmarks_without_a_local_copy_read_the_hub_with_its_fields(name, fake
     tables, calls = fake_hub
     tables[(hub, config, split)] = [row]
     assert str(benchmark_source(name, tmp_path)) == f"{hub}" + (f"[{config}]" if config else "") + f":{split}"
-    assert load_benchmark(name, tmp_path) == [{"id": f"{name}-0", "benchmark": name, "question": question, "gold": gold}]
+    assert load_benchmark(name, tmp_path) == [
+        {"id": f"{name}-0", "benchmark": name, "question": question, "gold": gold}
+    ]
     assert calls == [(hub, config, split, None)]
 
 
@@ -268,15 +292,21 @@ def test_a_revision_loads_that_snapshot_and_the_manifest_records_the_commit(tmp_
     assert resolve_model("org/tiny", "main").endswith(f"snapshots/{hub_cache}")
     assert resolve_model("org/tiny", hub_cache).endswith(f"snapshots/{hub_cache}")
     assert hub_commit("org/tiny") == hub_cache and hub_commit(str(tmp_path)) is None
-    config = GenerateQuestionsConfig(output=tmp_path / "q", num=2, progress=False,
-                                     engine={"model": "org/tiny", "revision": "main", "device": "cpu", "dtype": "float32"},
-                                     sampling={"max_new_tokens": 4})
+    config = GenerateQuestionsConfig(
+        output=tmp_path / "q",
+        num=2,
+        progress=False,
+        engine={"model": "org/tiny", "revision": "main", "device": "cpu", "dtype": "float32"},
+        sampling={"max_new_tokens": 4},
+    )
     manifest = GenerateQuestions.run(config)
     assert manifest["models"]["engine.model"] == {"model": "org/tiny", "revision": "main", "commit": hub_cache}
 
 
 def test_a_revision_that_cannot_be_fetched_is_one_line(tmp_path, hub_cache, capsys):
-    code = main(["generate-questions", f"output={tmp_path / 'q'}", "num=1", "engine.model=org/tiny", "engine.revision=v9"])
+    code = main(
+        ["generate-questions", f"output={tmp_path / 'q'}", "num=1", "engine.model=org/tiny", "engine.revision=v9"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1
     assert err.startswith("error: cannot fetch model 'org/tiny' at revision 'v9'")

@@ -17,10 +17,13 @@ from scalequest import io
 from scalequest.stages.decontaminate import BenchmarkNgrams, Decontaminate, DecontaminateConfig, ngram_hashes, words
 
 CLEAN = [
-    "A farmer plants 7 rows of corn with 12 plants in each row. Later he adds 5 more rows of the same size. How many corn plants does he have now?",
-    "Lena reads 14 pages on Monday and twice as many on Tuesday. Her book has 120 pages. How many pages are left for the rest of the week?",
+    "A farmer plants 7 rows of corn with 12 plants in each row. Later he adds 5 more rows of the same size. How many "
+    "corn plants does he have now?",
+    "Lena reads 14 pages on Monday and twice as many on Tuesday. Her book has 120 pages. How many pages are left for "
+    "the rest of the week?",
     "Find all real x such that x^2 - 5x + 6 = 0.",
-    "A rectangle has a perimeter of 30 cm and a length that is twice its width. What is its area in square centimetres?",
+    "A rectangle has a perimeter of 30 cm and a length that is twice its width. What is its area in square "
+    "centimetres?",
 ]
 
 
@@ -44,17 +47,34 @@ def planted(question: str) -> str:
 
 
 def config(source: Path, output: Path, shared_data: Path, **overrides) -> DecontaminateConfig:
-    values = dict(input=source, output=output, progress=False, benchmarks=["gsm8k", "math500"], data_dir=shared_data / "benchmarks")
+    values = dict(
+        input=source,
+        output=output,
+        progress=False,
+        benchmarks=["gsm8k", "math500"],
+        data_dir=shared_data / "benchmarks",
+    )
     values.update(overrides)
     return DecontaminateConfig(**values)
 
 
 def test_words_lowercase_and_drop_punctuation():
-    assert words("Janet’s ducks lay 16 eggs, per day! $x^2+1$.") == ["janets", "ducks", "lay", "16", "eggs", "per", "day", "x21"]
+    assert words("Janet’s ducks lay 16 eggs, per day! $x^2+1$.") == [
+        "janets",
+        "ducks",
+        "lay",
+        "16",
+        "eggs",
+        "per",
+        "day",
+        "x21",
+    ]
     text = " ".join(f"w{i}" for i in range(15))
     assert len(ngram_hashes(text, 13)) == 3 and ngram_hashes("too short", 13) == []
     # stable across processes (not Python's salted hash)
-    expected = int.from_bytes(hashlib.blake2b(" ".join(f"w{i}" for i in range(13)).encode(), digest_size=8).digest(), "little")
+    expected = int.from_bytes(
+        hashlib.blake2b(" ".join(f"w{i}" for i in range(13)).encode(), digest_size=8).digest(), "little"
+    )
     assert ngram_hashes(text, 13)[0] == expected
 
 
@@ -64,7 +84,9 @@ def test_benchmark_ngrams_find_owners():
     assert index.too_short == 1 and len(index.hashes) == 8
     import numpy as np
 
-    hits = index.matches(np.array(ngram_hashes("x y " + " ".join(f"a{i}" for i in range(3, 17)) + " z", 13), dtype=np.uint64))
+    hits = index.matches(
+        np.array(ngram_hashes("x y " + " ".join(f"a{i}" for i in range(3, 17)) + " z", 13), dtype=np.uint64)
+    )
     assert hits == {"b-0": 2}
 
 
@@ -112,11 +134,19 @@ def test_clean_text_finds_nothing(tmp_path, shared_data):
 def test_other_fields_and_ngram_size(tmp_path, shared_data, gsm8k_test):
     rows = [{"id": "a", "question": "What is 2 + 2?", "response": "As the book says: " + gsm8k_test[3]}]
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
-    manifest = Decontaminate.run(config(source, tmp_path / "out", shared_data, fields=["question", "response"], benchmarks=["gsm8k"]))
+    manifest = Decontaminate.run(
+        config(source, tmp_path / "out", shared_data, fields=["question", "response"], benchmarks=["gsm8k"])
+    )
     assert manifest["dropped"] == {"contaminated": 1}
     with pytest.raises(io.DataError, match="has no field 'response'"):
-        Decontaminate.run(config(write_jsonl(tmp_path / "q.jsonl", [{"id": "b", "question": "x"}]), tmp_path / "out2", shared_data,
-                                 fields=["question", "response"]))
+        Decontaminate.run(
+            config(
+                write_jsonl(tmp_path / "q.jsonl", [{"id": "b", "question": "x"}]),
+                tmp_path / "out2",
+                shared_data,
+                fields=["question", "response"],
+            )
+        )
 
 
 def test_bad_config_is_refused(tmp_path):

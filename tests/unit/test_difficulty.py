@@ -24,7 +24,14 @@ from scalequest.models import ModelError
 from scalequest.stages import difficulty_label, difficulty_train
 from scalequest.stages.difficulty_label import BUCKETS, DifficultyLabelConfig, LabelDifficulty, bucket_of
 from scalequest.stages.difficulty_train import DifficultyTrainConfig, spearman, train_regressor
-from scalequest.stages.filter_difficulty import DifficultyRule, FilterDifficulty, FilterDifficultyConfig, check_regressor, choose_dropped, score_questions
+from scalequest.stages.filter_difficulty import (
+    DifficultyRule,
+    FilterDifficulty,
+    FilterDifficultyConfig,
+    check_regressor,
+    choose_dropped,
+    score_questions,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,14 +66,22 @@ class CannedSolver(Engine):
 
 
 LABELLED = [
-    {"question": "Natalia sold 48 clips in April and half as many in May. How many in all?", "answer": "48 + 24 = 72\n#### 72"},
+    {
+        "question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+        "answer": "48 + 24 = 72\n#### 72",
+    },
     {"question": "A farm has 1,000 hens. How many hens?", "answer": "It says so.\n#### 1,000"},
     {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"},
     {"question": "What is 9 - 4?", "answer": "#### 5"},
 ]
 SOLUTIONS = {
     LABELLED[0]["question"]: ["So \\boxed{72}.", "The answer is 72.", "I get \\boxed{70}.", "No idea."],  # 2 of 4 right
-    LABELLED[1]["question"]: ["\\boxed{1000}", "\\boxed{1,000}", "The answer is 1000 hens.", "\\boxed{1000}"],  # all right
+    LABELLED[1]["question"]: [
+        "\\boxed{1000}",
+        "\\boxed{1,000}",
+        "The answer is 1000 hens.",
+        "\\boxed{1000}",
+    ],  # all right
     LABELLED[2]["question"]: ["\\boxed{6}", "\\boxed{4}", "", "The answer is 23."],  # all wrong
     LABELLED[3]["question"]: None,
 }
@@ -75,8 +90,14 @@ SOLUTIONS = {
 def label_config(tmp_path, **overrides) -> DifficultyLabelConfig:
     if "input" not in overrides:
         overrides["input"] = str(write_jsonl(tmp_path / "gsm8k.jsonl", LABELLED))
-    values = dict(output=tmp_path / "labels", sampling={"n": 4},
-                  prompt_format="chat", grading_workers=1, shard_size=2, progress=False)
+    values = dict(
+        output=tmp_path / "labels",
+        sampling={"n": 4},
+        prompt_format="chat",
+        grading_workers=1,
+        shard_size=2,
+        progress=False,
+    )
     values.update(overrides)
     return DifficultyLabelConfig(**values)
 
@@ -100,13 +121,26 @@ def test_label_records_fail_rates(tmp_path, monkeypatch):
 
 
 def test_label_other_gold_formats(tmp_path, monkeypatch):
-    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver({"Simplify 2/4.": ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}"]}))
+    monkeypatch.setattr(
+        difficulty_label,
+        "load_engine",
+        lambda config: CannedSolver({"Simplify 2/4.": ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}"]}),
+    )
     rows = [{"problem": "Simplify 2/4.", "solution": "Divide: $\\boxed{\\frac12}$.", "answer": 0.5}]
     source = str(write_jsonl(tmp_path / "math.jsonl", rows))  # MATH-style fields
     for gold_format, field in (("boxed", "solution"), ("plain", "answer")):
         out = tmp_path / gold_format
-        LabelDifficulty.run(label_config(tmp_path, input=source, output=out, question_field="problem", answer_field=field,
-                                         gold_format=gold_format, sampling={"n": 2}))
+        LabelDifficulty.run(
+            label_config(
+                tmp_path,
+                input=source,
+                output=out,
+                question_field="problem",
+                answer_field=field,
+                gold_format=gold_format,
+                sampling={"n": 2},
+            )
+        )
         (row,) = io.load_rows(out)
         assert row["fail_rate"] == 0.0, gold_format
 
@@ -122,8 +156,16 @@ def test_label_limit_takes_the_first_rows(tmp_path, monkeypatch):
     [
         ([{"question": "What is 2 + 3?"}], {}, "row gsm8k-0 has no field 'answer' with its known answer"),
         ([{"question": "What is 2 + 3?", "solution": "#### 5"}], {}, "has no field 'answer'"),
-        ([{"question": "What is 2 + 3?", "answer": "It is 5."}], {}, "field 'answer' is not a solution ending in '#### N'"),
-        ([{"question": "What is 2 + 3?", "answer": "5"}], {"gold_format": "boxed"}, "is not a solution with the answer in"),
+        (
+            [{"question": "What is 2 + 3?", "answer": "It is 5."}],
+            {},
+            "field 'answer' is not a solution ending in '#### N'",
+        ),
+        (
+            [{"question": "What is 2 + 3?", "answer": "5"}],
+            {"gold_format": "boxed"},
+            "is not a solution with the answer in",
+        ),
         ([{"problem": "What is 2 + 3?", "answer": "#### 5"}], {}, "has no question in field 'question'"),
     ],
 )
@@ -153,7 +195,9 @@ def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
 
 
 def test_label_names_an_unreachable_hub_dataset(tmp_path):
-    with pytest.raises(DataError, match="Hub dataset someone/no-such-dataset: the Hugging Face Hub could not be reached"):
+    with pytest.raises(
+        DataError, match="Hub dataset someone/no-such-dataset: the Hugging Face Hub could not be reached"
+    ):
         LabelDifficulty.run(label_config(tmp_path, input={"hub": "someone/no-such-dataset"}))
     assert not (tmp_path / "labels").exists()
 
@@ -177,9 +221,19 @@ def length_signal_rows(count: int, seed: int = 0) -> list[dict]:
 
 
 def train_config(tmp_path, base: Path, **overrides) -> DifficultyTrainConfig:
-    values = dict(input=write_jsonl(tmp_path / "labels.jsonl", length_signal_rows(160)), output=tmp_path / "regressor",
-                  model=str(base), epochs=8, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0, batch_size=16,
-                  eval_fraction=0.25, logging_steps=5, progress=False)
+    values = dict(
+        input=write_jsonl(tmp_path / "labels.jsonl", length_signal_rows(160)),
+        output=tmp_path / "regressor",
+        model=str(base),
+        epochs=8,
+        learning_rate=3e-3,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        batch_size=16,
+        eval_fraction=0.25,
+        logging_steps=5,
+        progress=False,
+    )
     values.update(overrides)
     return DifficultyTrainConfig(**values)
 
@@ -213,7 +267,10 @@ def test_trained_regressor_is_a_regression_model_and_rerun_is_skipped(trained):
 
 
 def test_train_rejects_rows_without_a_numeric_label(tmp_path, tiny_model_dir):
-    source = write_jsonl(tmp_path / "bad.jsonl", [{"question": "What is 1 + 1?", "fail_rate": 0.5}, {"question": "Why?", "fail_rate": "hard"}])
+    source = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"question": "What is 1 + 1?", "fail_rate": 0.5}, {"question": "Why?", "fail_rate": "hard"}],
+    )
     with pytest.raises(DataError, match="row bad-1 has no number in field 'fail_rate'"):
         train_regressor(train_config(tmp_path, tiny_model_dir, input=source))
     assert not (tmp_path / "regressor").exists()
@@ -245,10 +302,16 @@ def classifier_dir(tmp_path_factory) -> Path:
 
 
 def test_regressor_that_is_not_sequence_classification_is_named(tiny_model_dir, tmp_path):
-    with pytest.raises(ModelError, match=r"regressor .*tiny-causal.* is not a sequence-classification model .*LlamaForCausalLM"):
+    with pytest.raises(
+        ModelError, match=r"regressor .*tiny-causal.* is not a sequence-classification model .*LlamaForCausalLM"
+    ):
         check_regressor(str(tiny_model_dir))
-    config = FilterDifficultyConfig(input=write_jsonl(tmp_path / "q.jsonl", [{"question": "What?"}]), output=tmp_path / "out",
-                                    regressor=str(tiny_model_dir), progress=False)
+    config = FilterDifficultyConfig(
+        input=write_jsonl(tmp_path / "q.jsonl", [{"question": "What?"}]),
+        output=tmp_path / "out",
+        regressor=str(tiny_model_dir),
+        progress=False,
+    )
     with pytest.raises(ModelError, match="LlamaForCausalLM"):
         FilterDifficulty.run(config)
     assert not (tmp_path / "out").exists()
@@ -277,7 +340,16 @@ def scored_pairs(count: int, seed: int = 0) -> list[tuple[str, float]]:
 
 def test_buckets_are_quintiles_with_clipped_ends():
     assert [bucket_of(s) for s in (-0.3, 0.0, 0.199, 0.2, 0.4, 0.6, 0.79, 0.8, 1.0, 1.7)] == [
-        "very_easy", "very_easy", "very_easy", "easy", "medium", "hard", "hard", "very_hard", "very_hard", "very_hard"
+        "very_easy",
+        "very_easy",
+        "very_easy",
+        "easy",
+        "medium",
+        "hard",
+        "hard",
+        "very_hard",
+        "very_hard",
+        "very_hard",
     ]
 
 
@@ -288,7 +360,9 @@ def test_threshold_drops_exactly_the_scores_below_it():
     assert set(dropped.values()) == {"below_threshold"}
 
 
-@pytest.mark.parametrize("count,fraction,expected", [(200, 0.1, 20), (100, 0.29, 29), (7, 0.5, 3), (5, 0.1, 0), (10, 0.0, 0)])
+@pytest.mark.parametrize(
+    "count,fraction,expected", [(200, 0.1, 20), (100, 0.29, 29), (7, 0.5, 3), (5, 0.1, 0), (10, 0.0, 0)]
+)
 def test_bottom_fraction_drops_the_easiest_share(count, fraction, expected):
     scored = scored_pairs(count, seed=count)
     dropped = choose_dropped(scored, DifficultyRule(bottom_fraction=fraction), seed="s")
@@ -303,7 +377,9 @@ def test_bottom_fraction_breaks_ties_by_input_order():
 
 
 def test_target_shares_keep_the_most_rows_at_exact_shares():
-    scored = [(f"q{i}", score) for i, score in enumerate([0.1] * 50 + [0.3] * 40 + [0.5] * 30 + [0.7] * 20 + [0.9] * 10)]
+    scored = [
+        (f"q{i}", score) for i, score in enumerate([0.1] * 50 + [0.3] * 40 + [0.5] * 30 + [0.7] * 20 + [0.9] * 10)
+    ]
     shares = {"very_easy": 0.1, "easy": 0.1, "medium": 0.2, "hard": 0.3, "very_hard": 0.3}
     dropped = choose_dropped(scored, DifficultyRule(target_shares=shares), seed="s")
     kept = Counter(bucket_of(score) for row_id, score in scored if row_id not in dropped)
@@ -369,15 +445,24 @@ def question_rows() -> list[dict]:
 
 
 def filter_config(tmp_path, regressor: Path, **overrides) -> FilterDifficultyConfig:
-    values = dict(input=write_jsonl(tmp_path / "questions.jsonl", question_rows()), output=tmp_path / "filtered",
-                  regressor=str(regressor), shard_size=7, progress=False)
+    values = dict(
+        input=write_jsonl(tmp_path / "questions.jsonl", question_rows()),
+        output=tmp_path / "filtered",
+        regressor=str(regressor),
+        shard_size=7,
+        progress=False,
+    )
     values.update(overrides)
     return FilterDifficultyConfig(**values)
 
 
 def test_filter_applies_a_rule_per_generator(tmp_path, classifier_dir):
-    config = filter_config(tmp_path, classifier_dir, generator_rules={"gen-a": {"bottom_fraction": 0.5}, "gen-b": {}},
-                           default_rule={"threshold": 0.0})
+    config = filter_config(
+        tmp_path,
+        classifier_dir,
+        generator_rules={"gen-a": {"bottom_fraction": 0.5}, "gen-b": {}},
+        default_rule={"threshold": 0.0},
+    )
     manifest = FilterDifficulty.run(config)
     scored = io.load_rows(tmp_path / "filtered" / "scores")
     kept = {row["id"] for row in io.load_rows(tmp_path / "filtered")}
@@ -388,7 +473,9 @@ def test_filter_applies_a_rule_per_generator(tmp_path, classifier_dir):
     gen_a = sorted(by_generator["gen-a"], key=lambda r: r["difficulty"])
     assert {r["id"] for r in gen_a if r["id"] in kept} == {r["id"] for r in gen_a[5:]}  # the easier half of 10 went
     assert all(r["id"] in kept for r in by_generator["gen-b"])
-    assert {r["id"] for r in by_generator[None] if r["id"] in kept} == {r["id"] for r in by_generator[None] if r["difficulty"] >= 0.0}
+    assert {r["id"] for r in by_generator[None] if r["id"] in kept} == {
+        r["id"] for r in by_generator[None] if r["difficulty"] >= 0.0
+    }
     assert manifest["rows_in"] == 30 and manifest["rows_out"] == len(kept)
     assert manifest["dropped"].get("easiest_fraction") == 5
     assert manifest["by_generator"]["gen-a"]["rule"] == {"bottom_fraction": 0.5}
@@ -416,7 +503,9 @@ def test_filter_resumes_and_reuses_outside_scores_on_a_rule_change(tmp_path, cla
     FilterDifficulty.run(config)
     assert io.load_rows(tmp_path / "filtered") == before
     # Another rule needs --force, which keeps the scores kept outside the output.
-    other = filter_config(tmp_path, classifier_dir, scores_dir=scores, default_rule={"target_shares": {"very_easy": 1.0}})
+    other = filter_config(
+        tmp_path, classifier_dir, scores_dir=scores, default_rule={"target_shares": {"very_easy": 1.0}}
+    )
     with pytest.raises(DataError, match="--force"):
         FilterDifficulty.run(other)
     FilterDifficulty.run(other, force=True)
@@ -446,8 +535,15 @@ def test_filter_on_a_trained_regressor(tmp_path, trained):
     config, _ = trained
     rows = [{"question": r["question"], "generator": "g"} for r in length_signal_rows(20, seed=11)]
     source = write_jsonl(tmp_path / "q.jsonl", rows)
-    manifest = FilterDifficulty.run(FilterDifficultyConfig(input=source, output=tmp_path / "f", regressor=str(config.output),
-                                                           default_rule={"bottom_fraction": 0.5}, progress=False))
+    manifest = FilterDifficulty.run(
+        FilterDifficultyConfig(
+            input=source,
+            output=tmp_path / "f",
+            regressor=str(config.output),
+            default_rule={"bottom_fraction": 0.5},
+            progress=False,
+        )
+    )
     kept = io.load_rows(tmp_path / "f")
     assert manifest["rows_out"] == len(kept) == 10
     dropped_lengths = [len(r["question"]) for r in rows if r["question"] not in {k["question"] for k in kept}]

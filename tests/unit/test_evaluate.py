@@ -35,8 +35,14 @@ class ScriptedEngine(Engine):
 
 
 def run_scripted(tmp_path, shared_data, answers, **overrides):
-    values = dict(output=tmp_path / "eval", benchmarks=["gsm8k", "math500"], limit=2,
-                  data_dir=shared_data / "benchmarks", progress=False, grading_workers=1)
+    values = dict(
+        output=tmp_path / "eval",
+        benchmarks=["gsm8k", "math500"],
+        limit=2,
+        data_dir=shared_data / "benchmarks",
+        progress=False,
+        grading_workers=1,
+    )
     values.update(overrides)
     stage = Evaluate(EvaluateConfig(**values))
     engine = ScriptedEngine(answers)
@@ -82,8 +88,13 @@ def test_rows_and_summary(tmp_path, shared_data):
 
 
 def test_majority_vote_over_k_samples(tmp_path, shared_data):
-    answers = {"Janet": ["\\boxed{17}", "\\boxed{18}", "The answer is 18", "\\boxed{17}", "\\boxed{18}"], "robe": ["\\boxed{2}"] * 5}
-    manifest, _ = run_scripted(tmp_path, shared_data, answers, benchmarks=["gsm8k"], sampling={"n": 5, "temperature": 0.7})
+    answers = {
+        "Janet": ["\\boxed{17}", "\\boxed{18}", "The answer is 18", "\\boxed{17}", "\\boxed{18}"],
+        "robe": ["\\boxed{2}"] * 5,
+    }
+    manifest, _ = run_scripted(
+        tmp_path, shared_data, answers, benchmarks=["gsm8k"], sampling={"n": 5, "temperature": 0.7}
+    )
     rows = [json.loads(line) for line in (tmp_path / "eval" / "shard-00000.jsonl").read_text().splitlines()]
     assert rows[0]["extracted_answer"] == "18" and rows[0]["correct"] is True
     assert len(rows[0]["responses"]) == 5
@@ -98,9 +109,20 @@ def test_plain_prompt_for_base_models(tmp_path, shared_data):
 
 
 def test_end_to_end_on_tiny_model(tmp_path, shared_data, tiny_model_dir, capsys):
-    code = main(["evaluate", f"output={tmp_path / 'e'}", "--limit", "2", "benchmarks=[gsm8k,amc23]",
-                 f"data_dir={shared_data / 'benchmarks'}", f"engine.model={tiny_model_dir}",
-                 "sampling.max_new_tokens=8", "progress=false", "grading_workers=1"])
+    code = main(
+        [
+            "evaluate",
+            f"output={tmp_path / 'e'}",
+            "--limit",
+            "2",
+            "benchmarks=[gsm8k,amc23]",
+            f"data_dir={shared_data / 'benchmarks'}",
+            f"engine.model={tiny_model_dir}",
+            "sampling.max_new_tokens=8",
+            "progress=false",
+            "grading_workers=1",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| gsm8k | 2 | 0.0 |" in printed and "| amc23 | 2 | 0.0 |" in printed

@@ -26,7 +26,11 @@ from scalequest.scorers.base import Scorer
 from scalequest.stages.reward_select import RewardSelect, RewardSelectConfig
 
 QUESTIONS = [
-    {"id": "q0", "question": "Tom has 3 apples and buys 5 more. How many apples does he have?", "generator": "gen-model"},
+    {
+        "id": "q0",
+        "question": "Tom has 3 apples and buys 5 more. How many apples does he have?",
+        "generator": "gen-model",
+    },
     {"id": "q1", "question": "Caf\u00e9 prices: what is 2 + 2?", "generator": "gen-model"},  # non-ASCII: filtered
     {"id": "q2", "question": "What is the sum of 12 and 30?", "generator": "gen-model"},
     {"id": "q3", "question": "What is 6 times 7?", "generator": "gen-model", "difficulty": 0.75},
@@ -39,7 +43,11 @@ class Solver(Engine):
         for prompt in prompts:
             text = prompt[-1]["content"]
             answer = "42" if "12 and 30" in text or "6 times" in text else "8"
-            replies = [f"Step by step. \\boxed{{{answer}}}", "I am not sure.", f"Long reasoning here. The answer is {answer}."]
+            replies = [
+                f"Step by step. \\boxed{{{answer}}}",
+                "I am not sure.",
+                f"Long reasoning here. The answer is {answer}.",
+            ]
             results.append([Completion(r, 20, 10, "stop") for r in replies[: params.n]])
         return self._count(results)
 
@@ -73,13 +81,24 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> Path:
     os.chdir(root)
     try:
         FilterLanguage.run(FilterLanguageConfig(input="questions.jsonl", output="pipe/filter-language", progress=False))
-        CannedResponses.run(GenerateResponsesConfig(
-            input="pipe/filter-language", output="pipe/generate-responses", progress=False, shard_size=2,
-            engine={"model": str(tiny_model_dir)}, sampling={"n": 3},
-        ))
-        CannedSelect.run(RewardSelectConfig(
-            input="pipe/generate-responses", output="pipe/reward-select", progress=False, reward={"model": str(reward_model)},
-        ))
+        CannedResponses.run(
+            GenerateResponsesConfig(
+                input="pipe/filter-language",
+                output="pipe/generate-responses",
+                progress=False,
+                shard_size=2,
+                engine={"model": str(tiny_model_dir)},
+                sampling={"n": 3},
+            )
+        )
+        CannedSelect.run(
+            RewardSelectConfig(
+                input="pipe/generate-responses",
+                output="pipe/reward-select",
+                progress=False,
+                reward={"model": str(reward_model)},
+            )
+        )
     finally:
         os.chdir(before)
     return root / "pipe"
@@ -102,7 +121,18 @@ def test_loads_with_datasets_as_parquet_json_and_folder(exported):
     parquet = load_dataset("parquet", data_files=str(output / "data" / "*.parquet"), split="train")
     jsonl = load_dataset("json", data_files=str(output / "shard-*.jsonl"), split="train")
     folder = load_dataset(str(output), split="train")
-    columns = ["id", "query", "response", "question_id", "generator", "solver", "answer", "reward_score", "reward_model", "difficulty"]
+    columns = [
+        "id",
+        "query",
+        "response",
+        "question_id",
+        "generator",
+        "solver",
+        "answer",
+        "reward_score",
+        "reward_model",
+        "difficulty",
+    ]
     assert parquet.column_names == columns == manifest["columns"]
     assert parquet.num_rows == jsonl.num_rows == folder.num_rows == manifest["rows"] == 3
     # q3, the first row with a difficulty, moves to the front of the first file, so the JSON loader (which
@@ -120,10 +150,14 @@ def test_card_has_front_matter_funnel_configs_and_samples(exported, pipeline):
     card = (output / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     metadata = yaml.safe_load(front)
-    assert metadata["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    assert metadata["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
+    ]
     assert metadata["size_categories"] == ["n<1K"] and "math" in metadata["tags"]
     section = body.split("## How it was made")[1].split("\n## ")[0]
-    funnel = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ") and "`" in line}
+    funnel = {
+        line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ") and "`" in line
+    }
     assert list(funnel) == ["filter-language", "generate-responses", "reward-select", "export"]
     assert "| 4 | 3 | non_ascii: 1 |" in funnel["filter-language"]
     assert "| 3 questions | 6 responses | no_final_answer: 3 |" in funnel["generate-responses"]
@@ -145,7 +179,9 @@ def test_lineage_follows_relative_inputs_from_another_directory(pipeline, tmp_pa
 
 
 def test_explicit_stage_list(pipeline, tmp_path):
-    manifest = Export.run(export_config(pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0))
+    manifest = Export.run(
+        export_config(pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0)
+    )
     assert manifest["lineage"] == [str(pipeline / "reward-select")]
     assert "None." in (tmp_path / "export" / "README.md").read_text()
 

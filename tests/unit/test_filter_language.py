@@ -9,11 +9,17 @@ from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConf
 
 
 def test_removed_rows_carry_reason_and_evidence_and_the_counts_stay(tmp_path):
-    rows = [{"id": "a", "question": "How many apples?"}, {"id": "b", "question": "  "},
-            {"id": "c", "question": "¿Cuántas manzanas?"}, {"id": "d", "question": "how   many APPLES?"}]
+    rows = [
+        {"id": "a", "question": "How many apples?"},
+        {"id": "b", "question": "  "},
+        {"id": "c", "question": "¿Cuántas manzanas?"},
+        {"id": "d", "question": "how   many APPLES?"},
+    ]
     source = tmp_path / "q.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    manifest = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "out", shard_size=2, progress=False))
+    manifest = FilterLanguage.run(
+        FilterLanguageConfig(input=source, output=tmp_path / "out", shard_size=2, progress=False)
+    )
     assert [row["id"] for row in io.load_rows(tmp_path / "out")] == ["a"]
     assert manifest["dropped"] == {"empty": 1, "non_ascii": 1, "duplicate": 1}
     removed = {r["id"]: r for r in io.load_rows(tmp_path / "out" / "removed")}

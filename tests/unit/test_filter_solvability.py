@@ -36,7 +36,11 @@ VERDICTS = [
     ("Answer: Yes (every quantity is stated).", "yes"),
     ("I tried to solve it and got 42, so the answer is yes, it can be solved from its own conditions.", "yes"),
     # earlier words never outvote the final verdict (the official code kept these: "yes" appears)
-    ("Yes, this is a math problem. But it says the train leaves at 3 pm and arrives at 2 pm the same day, which contradicts itself.\nNo.", "no"),
+    (
+        "Yes, this is a math problem. But it says the train leaves at 3 pm and arrives at 2 pm the same day, which "
+        "contradicts itself.\nNo.",
+        "no",
+    ),
     ("Is it a math question? Yes. Can it be solved from its conditions? No.", "no"),
     ("No information is missing at first sight.\nHowever the discount is never stated.\nVerdict: No", "no"),
     # no verdict at the end: undecided
@@ -81,7 +85,9 @@ class CannedJudge(Engine):
             text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
             question = text.split("Question:\n", 1)[1].split("\n\nDecide", 1)[0]
             answer = self.answers[question]
-            results.append([] if answer is None else [Completion(answer, prompt_tokens=10, completion_tokens=len(answer.split()))])
+            results.append(
+                [] if answer is None else [Completion(answer, prompt_tokens=10, completion_tokens=len(answer.split()))]
+            )
         return self._count(results)
 
 
@@ -146,11 +152,19 @@ def test_missing_question_field_fails_before_any_output(tmp_path):
 
 
 def test_filter_runs_on_the_tiny_random_model(tmp_path, tiny_model_dir):
-    questions = ["Tom has 3 apples and buys 5 more. How many apples?", "What is the sum of 12 and 30?", "Find x if 2x + 3 = 11."]
+    questions = [
+        "Tom has 3 apples and buys 5 more. How many apples?",
+        "What is the sum of 12 and 30?",
+        "Find x if 2x + 3 = 11.",
+    ]
     source = write_questions(tmp_path / "questions.jsonl", questions)
     config = FilterSolvabilityConfig(
-        input=source, output=tmp_path / "out", engine={"model": str(tiny_model_dir)}, sampling={"max_new_tokens": 6},
-        keep_undecided=True, progress=False,
+        input=source,
+        output=tmp_path / "out",
+        engine={"model": str(tiny_model_dir)},
+        sampling={"max_new_tokens": 6},
+        keep_undecided=True,
+        progress=False,
     )
     manifest = FilterSolvability.run(config)
     rows = io.load_rows(tmp_path / "out")

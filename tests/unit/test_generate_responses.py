@@ -19,8 +19,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 QUESTIONS = [
-    {"id": "q0", "question": "Tom has 3 apples and buys 5 more. How many apples?", "generator": "gen", "sampling": {"seed": 1},
-     "prompt_tokens": 30, "completion_tokens": 12, "finish_reason": "stop", "difficulty": 0.25},
+    {
+        "id": "q0",
+        "question": "Tom has 3 apples and buys 5 more. How many apples?",
+        "generator": "gen",
+        "sampling": {"seed": 1},
+        "prompt_tokens": 30,
+        "completion_tokens": 12,
+        "finish_reason": "stop",
+        "difficulty": 0.25,
+    },
     {"id": "q1", "question": "What is 6 times 7?", "generator": "gen"},
     {"id": "q2", "question": "What is the sum of 12 and 30?", "generator": "gen"},
 ]
@@ -50,7 +58,11 @@ class CannedEngine(Engine):
         results = []
         for prompt in prompts:
             texts = self.replies.get(self.question_of(prompt))
-            results.append([] if texts is None else [Completion(t, 10, 5 + i, "stop" if i else "length") for i, t in enumerate(texts[: params.n])])
+            results.append(
+                []
+                if texts is None
+                else [Completion(t, 10, 5 + i, "stop" if i else "length") for i, t in enumerate(texts[: params.n])]
+            )
         return self._count(results)
 
 
@@ -118,7 +130,7 @@ def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS[:1])
     engine = CannedEngine(REPLIES)
     canned(engine).run(config(source, tmp_path / "out", tiny_model_dir, prompt_format="plain"))
-    (prompts, params), = engine.calls
+    ((prompts, params),) = engine.calls
     assert prompts == [plain_solve_prompt(QUESTIONS[0]["question"])]
     assert "\nQuestion:" in params.stop
 
@@ -126,7 +138,9 @@ def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
 def test_carry_fields_and_question_field(tmp_path, tiny_model_dir):
     rows = [{"id": "a", "query": QUESTIONS[0]["question"], "generator": "gen", "difficulty": 0.5}]
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
-    canned(CannedEngine(REPLIES)).run(config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"]))
+    canned(CannedEngine(REPLIES)).run(
+        config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"])
+    )
     out = io.load_rows(tmp_path / "out")
     assert out[0]["question"] == rows[0]["query"] and out[0]["generator"] == "gen"
     assert "difficulty" not in out[0] and "query" not in out[0]

@@ -39,7 +39,9 @@ def test_jsonl_file_gets_ids_from_stem_and_row_number(tmp_path):
 
 
 def test_existing_ids_are_kept(tmp_path):
-    path = write_jsonl(tmp_path / "qs.jsonl", [{"id": "x7", "question": "a"}, {"question": "b"}, {"id": 3, "question": "c"}])
+    path = write_jsonl(
+        tmp_path / "qs.jsonl", [{"id": "x7", "question": "a"}, {"question": "b"}, {"id": 3, "question": "c"}]
+    )
     rows = list(read_rows(path))
     assert [row["id"] for row in rows] == ["x7", "qs-1", 3]
     assert rows[0] == {"id": "x7", "question": "a"}
@@ -51,7 +53,7 @@ def test_json_file(tmp_path):
     assert list(read_rows(path)) == [{"id": "data-0", "question": "a", "n": 1}, {"id": "k", "question": "b"}]
 
 
-@pytest.mark.parametrize("content", ['{"question": "a"}', '[1, 2]', "[{]"])
+@pytest.mark.parametrize("content", ['{"question": "a"}', "[1, 2]", "[{]"])
 def test_json_file_must_hold_a_list_of_objects(tmp_path, content):
     path = tmp_path / "data.json"
     path.write_text(content)
@@ -62,7 +64,10 @@ def test_json_file_must_hold_a_list_of_objects(tmp_path, content):
 
 def test_parquet_file(tmp_path):
     path = write_parquet(tmp_path / "part.parquet", [{"question": "a", "n": 1}, {"question": "b", "n": 2}])
-    assert list(read_rows(path)) == [{"id": "part-0", "question": "a", "n": 1}, {"id": "part-1", "question": "b", "n": 2}]
+    assert list(read_rows(path)) == [
+        {"id": "part-0", "question": "a", "n": 1},
+        {"id": "part-1", "question": "b", "n": 2},
+    ]
 
 
 def test_damaged_parquet_file(tmp_path):
@@ -260,7 +265,8 @@ def test_outputs_load_with_datasets(tmp_path):
     from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
     source = write_jsonl(
-        tmp_path / "in.jsonl", [{"question": f"What is {i} + {i}?", "meta": {"n": i}} for i in range(7)] + [{"question": ""}]
+        tmp_path / "in.jsonl",
+        [{"question": f"What is {i} + {i}?", "meta": {"n": i}} for i in range(7)] + [{"question": ""}],
     )
     out = tmp_path / "out"
     run_stage(FilterLanguage(FilterLanguageConfig(input=source, output=out, shard_size=3, progress=False)))

@@ -44,7 +44,9 @@ def command(out: Path, model_dir: Path) -> list[str]:
 def environment() -> dict[str, str]:
     # One thread per process: the tiny model runs fastest so, and the reference run can share the
     # 2 cores with the killed runs. Every run uses the same settings, so the numerics match.
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
 
 
 def shards(out: Path) -> int:
@@ -63,7 +65,9 @@ def kill_when(proc: subprocess.Popen, out: Path, at_least: int, log: Path) -> in
     deadline = time.monotonic() + START_TIMEOUT
     while shards(out) < at_least:
         if proc.poll() is not None:
-            pytest.fail(f"run ended (rc {proc.returncode}) before {at_least} shards existed:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"run ended (rc {proc.returncode}) before {at_least} shards existed:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
@@ -91,7 +95,9 @@ def test_sigkill_at_three_moments_then_resume_gives_the_uninterrupted_rows(tmp_p
             seen.append(count)
         assert seen == sorted(seen) and len(set(seen)) == 3 and seen[-1] < SHARDS, seen
 
-        final = subprocess.run(command(out, tiny_model_dir), cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+        final = subprocess.run(
+            command(out, tiny_model_dir), cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300
+        )
         assert final.returncode == 0, final.stderr[-3000:]
         assert reference.wait(timeout=300) == 0, reference_log.read_text()[-3000:]
     finally:
@@ -125,18 +131,32 @@ def test_sigkill_in_the_middle_of_run_then_rerun_gives_the_same_final_ids(tmp_pa
     pipeline = tmp_path / "pipeline.yaml"
 
     def run(output_dir: Path, kill_at_shards: int | None = None) -> None:
-        pipeline.write_text(json.dumps({
-            "output_dir": str(output_dir),
-            "stages": {
-                "generate-questions": {"num": 12, "shard_size": 2, "engine": {"model": str(tiny_model_dir)},
-                                       "sampling": {"max_new_tokens": 12}, "progress": False},
-                "filter-language": {"ascii_only": False, "progress": False},
-            },
-        }))
+        pipeline.write_text(
+            json.dumps(
+                {
+                    "output_dir": str(output_dir),
+                    "stages": {
+                        "generate-questions": {
+                            "num": 12,
+                            "shard_size": 2,
+                            "engine": {"model": str(tiny_model_dir)},
+                            "sampling": {"max_new_tokens": 12},
+                            "progress": False,
+                        },
+                        "filter-language": {"ascii_only": False, "progress": False},
+                    },
+                }
+            )
+        )
         log = tmp_path / "run.log"
         with open(log, "ab") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "scalequest.cli", "run", "-c", str(pipeline)],
-                                    cwd=tmp_path, env=environment(), stdout=handle, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scalequest.cli", "run", "-c", str(pipeline)],
+                cwd=tmp_path,
+                env=environment(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         if kill_at_shards is None:
             assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
         else:

@@ -242,6 +242,8 @@ def test_gsm8k_reference_solutions_grade_correct(benchmarks_dir: Path) -> None:
 
 def test_math500_reference_solutions_grade_correct(benchmarks_dir: Path) -> None:
     rows = load_benchmark("math500", data_dir=benchmarks_dir)
-    raw = [json.loads(line) for line in (benchmarks_dir / "math500_test.jsonl").read_text().splitlines() if line.strip()]
+    raw = [
+        json.loads(line) for line in (benchmarks_dir / "math500_test.jsonl").read_text().splitlines() if line.strip()
+    ]
     pairs = [(extract_answer(source["solution"]), row["gold"]) for row, source in zip(rows, raw)]
     assert _report_and_score("math500", pairs) >= 0.99

@@ -23,7 +23,10 @@ from scalequest.serve import make_server
 KEY_ENV = "SCALEQUEST_TEST_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"
 RAW = ["Tom has 3 apples and buys 5 more.", "What is the sum of 12 and 30?"]
-CHAT = [[{"role": "user", "content": "Find x if 2x + 3 = 11."}], [{"role": "user", "content": "How far does the train go?"}]]
+CHAT = [
+    [{"role": "user", "content": "Find x if 2x + 3 = 11."}],
+    [{"role": "user", "content": "How far does the train go?"}],
+]
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +42,9 @@ def start(server: ThreadingHTTPServer) -> threading.Thread:
 
 
 def openai_engine(port: int, **overrides) -> OpenAIEngine:
-    config = engine_config(engine="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, **overrides)
+    config = engine_config(
+        engine="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV, **overrides
+    )
     return OpenAIEngine(config)
 
 
@@ -93,7 +98,9 @@ def test_concurrent_requests_through_serve_match_serial(served):
 
 
 def post(port: int, path: str, data: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
@@ -106,7 +113,11 @@ def test_serve_endpoints_and_bad_requests(served):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as response:
         assert [m["id"] for m in json.load(response)["data"]] == ["tiny"]
 
-    status, body = post(port, "/v1/completions", json.dumps({"model": "tiny", "prompt": RAW, "n": 2, "max_tokens": 4, "stop": "\n"}).encode())
+    status, body = post(
+        port,
+        "/v1/completions",
+        json.dumps({"model": "tiny", "prompt": RAW, "n": 2, "max_tokens": 4, "stop": "\n"}).encode(),
+    )
     assert status == 200 and body["object"] == "text_completion" and body["model"] == "tiny"
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert all(isinstance(c["text"], str) and c["finish_reason"] in ("stop", "length") for c in body["choices"])
@@ -141,8 +152,17 @@ class FakeOpenAI:
     completions that echo the prompt. Records every request body and Authorization header, and the most
     requests in flight at once."""
 
-    def __init__(self, fail_first: int = 0, status: int = 503, headers: dict | None = None, fail_message: str = "overloaded",
-                 delay: float = 0.0, first_delay: float = 0.0, reply: str = "echo:{prompt}", finish_reason: str = "stop"):
+    def __init__(
+        self,
+        fail_first: int = 0,
+        status: int = 503,
+        headers: dict | None = None,
+        fail_message: str = "overloaded",
+        delay: float = 0.0,
+        first_delay: float = 0.0,
+        reply: str = "echo:{prompt}",
+        finish_reason: str = "stop",
+    ):
         self.fail_first, self.status, self.headers, self.fail_message = fail_first, status, headers or {}, fail_message
         self.delay, self.first_delay, self.reply, self.finish_reason = delay, first_delay, reply, finish_reason
         self.bodies: list[dict] = []
@@ -211,7 +231,10 @@ class FakeOpenAI:
         text = self.reply.format(prompt=prompt)
         choice = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
         return {
-            "id": "x", "object": "chat.completion" if chat else "text_completion", "created": 0, "model": body["model"],
+            "id": "x",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 0,
+            "model": body["model"],
             "choices": [{"index": i, "finish_reason": self.finish_reason, **choice} for i in range(n)],
             # Only a total, as real servers give: 5 tokens per choice plus one left over.
             "usage": {"prompt_tokens": 3, "completion_tokens": 5 * n + 1, "total_tokens": 3 + 5 * n + 1},
@@ -342,6 +365,8 @@ def test_unset_key_without_base_url_raises_naming_the_variable():
 
 
 def test_load_engine_builds_openai_engine():
-    engine = load_engine(engine_config(engine="openai", model="tiny", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
+    engine = load_engine(
+        engine_config(engine="openai", model="tiny", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
+    )
     assert isinstance(engine, OpenAIEngine) and "tiny" in repr(engine)
     engine.close()

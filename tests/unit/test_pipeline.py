@@ -39,33 +39,45 @@ def test_every_stage_is_declared_with_its_command_config_kind_and_phase():
 
 
 def test_a_stage_output_can_be_named_explicitly(tmp_path):
-    path = write_pipeline(tmp_path / "p.yaml", {
-        "generate-questions": {"num": 4},
-        "filter-language": {},
-        "generate-responses": {"input": "${stages.generate-questions.output}"},  # skips the filter on purpose
-    })
+    path = write_pipeline(
+        tmp_path / "p.yaml",
+        {
+            "generate-questions": {"num": 4},
+            "filter-language": {},
+            "generate-responses": {"input": "${stages.generate-questions.output}"},  # skips the filter on purpose
+        },
+    )
     stages = dict(load_pipeline(path)[1])
     assert stages["generate-responses"].input.path == stages["generate-questions"].output
     assert stages["filter-language"].input.path == stages["generate-questions"].output  # the feeds default
 
 
 def test_a_reference_to_a_stage_not_earlier_in_the_pipeline_is_an_error(tmp_path):
-    path = write_pipeline(tmp_path / "p.yaml", {
-        "generate-questions": {"num": 4},
-        "filter-language": {"input": "${stages.generate-responses.output}"},
-    })
-    with pytest.raises(ConfigError, match=r"stages.filter-language: \$\{stages.generate-responses.output\} names no "
-                                          r"earlier stage of this pipeline \(earlier: generate-questions\)"):
+    path = write_pipeline(
+        tmp_path / "p.yaml",
+        {
+            "generate-questions": {"num": 4},
+            "filter-language": {"input": "${stages.generate-responses.output}"},
+        },
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"stages.filter-language: \$\{stages.generate-responses.output\} names no "
+        r"earlier stage of this pipeline \(earlier: generate-questions\)",
+    ):
         load_pipeline(path)
 
 
 def test_run_plan_prints_inputs_models_and_outputs_and_runs_nothing(tmp_path, capsys):
-    path = write_pipeline(tmp_path / "p.yaml", {
-        "qft": {"sources": [{"bundled": "gsm8k_train"}]},
-        "generate-questions": {"num": 4, "engine": {"revision": "v1"}},
-        "filter-language": {},
-        "evaluate": {"benchmarks": ["gsm8k"]},
-    })
+    path = write_pipeline(
+        tmp_path / "p.yaml",
+        {
+            "qft": {"sources": [{"bundled": "gsm8k_train"}]},
+            "generate-questions": {"num": 4, "engine": {"revision": "v1"}},
+            "filter-language": {},
+            "evaluate": {"benchmarks": ["gsm8k"]},
+        },
+    )
     assert main(["run", "--plan", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
@@ -78,7 +90,9 @@ def test_run_plan_prints_inputs_models_and_outputs_and_runs_nothing(tmp_path, ca
 
 def test_a_declared_flag_is_a_shortcut_for_its_field(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("scalequest.pipeline.run_one", lambda name, config, force=False: seen.setdefault("c", config) and {})
+    monkeypatch.setattr(
+        "scalequest.pipeline.run_one", lambda name, config, force=False: seen.setdefault("c", config) and {}
+    )
     parser_help = build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help()
     assert "--limit" in parser_help
     main(["evaluate", f"output={tmp_path / 'e'}", "--limit", "3"])
@@ -89,8 +103,17 @@ def test_cost_rows_follow_the_declared_phases(tmp_path):
     for name, seconds in (("generate-questions", 3600), ("filter-language", 1800)):
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "manifest.json").write_text(json.dumps({"stage": name, "rows_out": 10, "gpu_hours": seconds / 3600,
-                                                          "wall_seconds": seconds, "devices": ["gpu"]}))
+        (folder / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "stage": name,
+                    "rows_out": 10,
+                    "gpu_hours": seconds / 3600,
+                    "wall_seconds": seconds,
+                    "devices": ["gpu"],
+                }
+            )
+        )
     rows = cost.cost_rows(tmp_path, 2.0)
     assert [row["phase"] for row in rows] == ["Question generation", "Question filtering", "Total"]
     assert rows[-1]["cost"] == pytest.approx(3.0)

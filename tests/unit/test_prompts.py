@@ -41,8 +41,11 @@ CASES = [
     (f"**Final Question:**\n{QUESTION}\n\n---\nThis version asks for one number.", QUESTION),
     (f"Final question:\n{QUESTION}\n\nAnswer: 19", QUESTION),
     # a multi-line question stays whole
-    ("Final question:\nA shop sells pens at $2 each.\nSam buys 7 pens and pays with a $20 bill. How much change does he get?",
-     "A shop sells pens at $2 each.\nSam buys 7 pens and pays with a $20 bill. How much change does he get?"),
+    (
+        "Final question:\nA shop sells pens at $2 each.\nSam buys 7 pens and pays with a $20 bill. How much change "
+        "does he get?",
+        "A shop sells pens at $2 each.\nSam buys 7 pens and pays with a $20 bill. How much change does he get?",
+    ),
     # failures: no marker at all, only the original quoted, refusal, empty output
     (f"Question:\n{QUESTION}\n\nThis question is fine as it is.", None),
     ("I'm sorry, but I can't help with that.", None),

@@ -29,8 +29,15 @@ def write_questions(path: Path, questions: list[str], field: str = "question") -
 
 
 def config(tmp_path: Path, model: Path, questions: Path, **overrides) -> qft.QFTConfig:
-    values = dict(output=tmp_path / "qft", model=str(model), sources=[{"path": str(questions)}], batch_size=4,
-                  logging_steps=1, max_length=64, progress=False)
+    values = dict(
+        output=tmp_path / "qft",
+        model=str(model),
+        sources=[{"path": str(questions)}],
+        batch_size=4,
+        logging_steps=1,
+        max_length=64,
+        progress=False,
+    )
     values.update(overrides)
     return qft.QFTConfig(**values)
 
@@ -41,7 +48,9 @@ def sft_labels(tmp_path: Path, model_dir: Path, tokenizer, dataset) -> tuple[lis
 
     trainer = SFTTrainer(
         model=str(model_dir),
-        args=SFTConfig(output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64
+        ),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -102,9 +111,12 @@ def test_source_needs_exactly_one_location():
 
 
 def test_unreachable_hub_source_is_one_clear_error(tmp_path, tiny_model_dir):
-    cfg = qft.QFTConfig(output=tmp_path / "qft", model=str(tiny_model_dir),
-                        sources=[{"hub": "scalequest-test/no-such-dataset"}])
-    with pytest.raises(DataError, match="Hub dataset scalequest-test/no-such-dataset: the Hugging Face Hub could not be reached"):
+    cfg = qft.QFTConfig(
+        output=tmp_path / "qft", model=str(tiny_model_dir), sources=[{"hub": "scalequest-test/no-such-dataset"}]
+    )
+    with pytest.raises(
+        DataError, match="Hub dataset scalequest-test/no-such-dataset: the Hugging Face Hub could not be reached"
+    ):
         qft.run(cfg)
     assert not (tmp_path / "qft").exists()
 
@@ -139,7 +151,9 @@ def test_qft_learns_to_write_the_question_and_stop(tmp_path, tiny_model_dir):
     assert manifest["pre_query_prefix"].endswith("<|im_start|>user\n") and manifest["end_of_turn"] == "<|im_end|>"
     engine = HFEngine(engine_config(model=str(tmp_path / "qft"), dtype="float32"))
     prefix = pre_query_prefix(engine.tokenizer)
-    [[completion]] = engine.generate([prefix], SamplingParams(temperature=0, max_new_tokens=40, stop=tuple(stop_strings(engine.tokenizer))))
+    [[completion]] = engine.generate(
+        [prefix], SamplingParams(temperature=0, max_new_tokens=40, stop=tuple(stop_strings(engine.tokenizer)))
+    )
     engine.close()
     assert completion.text.strip() == QUESTION
     assert completion.finish_reason == "stop"

@@ -41,8 +41,12 @@ SCRIPT = [
     lambda q: reply("Final question: " + " ".join(q.split())),  # unchanged (up to whitespace)
     lambda q: reply("This question is already perfect."),  # no marked final question
     lambda q: reply("Final question: Anne a 12 pommes. Combien en reste-t-il à Anne ?"),  # non-ASCII
-    lambda q: reply("Final question: " + "Ann has many apples. " * 20 + "How many?"),  # too long (max_rewrite_chars=200)
-    lambda q: reply("Plan: add a step.\n### Final question\nAnn has 12 apples and gives 5 to", "length"),  # cut by the token limit
+    lambda q: reply(
+        "Final question: " + "Ann has many apples. " * 20 + "How many?"
+    ),  # too long (max_rewrite_chars=200)
+    lambda q: reply(
+        "Plan: add a step.\n### Final question\nAnn has 12 apples and gives 5 to", "length"
+    ),  # cut by the token limit
     lambda q: reply(f"### Final question\n{REWRITE.replace('12', '15')}\n\nNote: numbers changed."),  # good
 ]
 
@@ -67,9 +71,17 @@ class WithScriptedOptimizer(BuildQPOData):
 
 
 def data_config(tmp_path: Path, model_dir: Path, **overrides) -> QPODataConfig:
-    values = dict(output=tmp_path / "pairs", num=8, shard_size=4, generator={"model": str(model_dir)},
-                  sampling={"max_new_tokens": 8, "seed": 3}, optimizer={"model": str(model_dir)},
-                  optimizer_sampling={"max_new_tokens": 8}, max_rewrite_chars=200, progress=False)
+    values = dict(
+        output=tmp_path / "pairs",
+        num=8,
+        shard_size=4,
+        generator={"model": str(model_dir)},
+        sampling={"max_new_tokens": 8, "seed": 3},
+        optimizer={"model": str(model_dir)},
+        optimizer_sampling={"max_new_tokens": 8},
+        max_rewrite_chars=200,
+        progress=False,
+    )
     values.update(overrides)
     return QPODataConfig(**values)
 
@@ -80,8 +92,14 @@ def test_qpo_data_keeps_good_rewrites_and_counts_every_drop(tmp_path, tiny_model
 
     manifest = run_stage(stage)
     assert manifest["rows_in"] == 8 and manifest["rows_out"] == 2
-    assert manifest["dropped"] == {"optimizer_failure": 1, "unchanged": 1, "no_final_question": 1, "non_ascii": 1,
-                                   "too_long": 1, "optimizer_truncated": 1}
+    assert manifest["dropped"] == {
+        "optimizer_failure": 1,
+        "unchanged": 1,
+        "no_final_question": 1,
+        "non_ascii": 1,
+        "too_long": 1,
+        "optimizer_truncated": 1,
+    }
     assert manifest["counts"]["direction_solvability"] + manifest["counts"]["direction_difficulty"] == 8
     rows = io.load_rows(tmp_path / "pairs")
     assert [row["chosen"] for row in rows] == [REWRITE, REWRITE.replace("12", "15")]
@@ -123,7 +141,9 @@ def test_optimizer_reply_prefix_is_prefilled_and_parsed_with_the_reply(tmp_path,
             self.prefilled = PrefilledOptimizer()
             return self.prefilled
 
-    stage = WithPrefilledOptimizer(data_config(tmp_path, tiny_model_dir, num=4, optimizer_reply_prefix="Final question:"))
+    stage = WithPrefilledOptimizer(
+        data_config(tmp_path, tiny_model_dir, num=4, optimizer_reply_prefix="Final question:")
+    )
     from scalequest.runner import run_stage
 
     manifest = run_stage(stage)
@@ -146,8 +166,12 @@ def test_a_prefilled_reply_is_continued_not_closed(tiny_tokenizer):
 def test_reply_prefix_with_a_remote_optimizer_is_refused(tmp_path, tiny_model_dir):
     from scalequest.config import ConfigError
 
-    config = data_config(tmp_path, tiny_model_dir, optimizer={"engine": "openai", "model": "gpt-4o-mini"},
-                         optimizer_reply_prefix="Final question:")
+    config = data_config(
+        tmp_path,
+        tiny_model_dir,
+        optimizer={"engine": "openai", "model": "gpt-4o-mini"},
+        optimizer_reply_prefix="Final question:",
+    )
     with pytest.raises(ConfigError, match="optimizer_reply_prefix needs a local optimizer engine"):
         BuildQPOData.run(config)
     assert not (tmp_path / "pairs").exists()
@@ -164,15 +188,32 @@ def test_judge_rewrite_reasons():
 
 
 def write_pairs(path: Path, prefix: str, rows: int = 8) -> Path:
-    pairs = [{"prompt": prefix, "chosen": f"Tom has {i} apples and buys 5 more. How many apples does Tom have?",
-              "rejected": f"What is the sum of {i} and 30?"} for i in range(rows)]
+    pairs = [
+        {
+            "prompt": prefix,
+            "chosen": f"Tom has {i} apples and buys 5 more. How many apples does Tom have?",
+            "rejected": f"What is the sum of {i} and 30?",
+        }
+        for i in range(rows)
+    ]
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return path
 
 
 def qpo_config(tmp_path: Path, model_dir: Path, pairs: Path, **overrides) -> qpo.QPOConfig:
-    values = dict(input=pairs, output=tmp_path / "qpo", model=str(model_dir), learning_rate=1e-3, batch_size=4,
-                  gradient_accumulation_steps=1, warmup_steps=0, epochs=3, logging_steps=1, max_length=128, progress=False)
+    values = dict(
+        input=pairs,
+        output=tmp_path / "qpo",
+        model=str(model_dir),
+        learning_rate=1e-3,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        warmup_steps=0,
+        epochs=3,
+        logging_steps=1,
+        max_length=128,
+        progress=False,
+    )
     values.update(overrides)
     return qpo.QPOConfig(**values)
 
@@ -203,7 +244,10 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir, ti
     assert manifest["steps"] == 6
     logged = [entry for entry in manifest["log_history"] if "rewards/margins" in entry]
     assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"] and logged[-1]["rewards/accuracies"] == 1.0
-    chosen, rejected = "Tom has 9 apples and buys 5 more. How many apples does Tom have?", "What is the sum of 9 and 30?"
+    chosen, rejected = (
+        "Tom has 9 apples and buys 5 more. How many apples does Tom have?",
+        "What is the sum of 9 and 30?",
+    )
     before = margin(tiny_model_dir, prefix, chosen, rejected)
     after = margin(tmp_path / "qpo", prefix, chosen, rejected)
     assert after > before + 0.5
@@ -215,8 +259,10 @@ def test_dpo_pairs_are_tokenized_like_qft(tmp_path, tiny_model_dir, tiny_tokeniz
     prefix = pre_query_prefix(tiny_tokenizer)
     dataset = qpo.build_dataset([{"prompt": prefix, "chosen": " Ann asks. ", "rejected": "Bob asks."}], "<|im_end|>")
     trainer = qpo.question_dpo_trainer_class()(
-        model=str(tiny_model_dir), args=DPOConfig(output_dir=str(tmp_path / "x"), report_to="none", bf16=False, max_length=64),
-        train_dataset=dataset, processing_class=tiny_tokenizer,
+        model=str(tiny_model_dir),
+        args=DPOConfig(output_dir=str(tmp_path / "x"), report_to="none", bf16=False, max_length=64),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
     )
     example = trainer.train_dataset[0]
     assert example["prompt_ids"] == tiny_tokenizer(prefix, add_special_tokens=False)["input_ids"]
@@ -228,8 +274,10 @@ def test_no_usable_pair_fails_before_training(tmp_path, tiny_model_dir, tiny_tok
     prefix = pre_query_prefix(tiny_tokenizer)
     source = tmp_path / "pairs.jsonl"
     source.write_text(
-        json.dumps({"prompt": prefix, "chosen": "Same question?", "rejected": "same   question?"}) + "\n"
-        + json.dumps({"prompt": prefix, "chosen": "", "rejected": "Another?"}) + "\n"
+        json.dumps({"prompt": prefix, "chosen": "Same question?", "rejected": "same   question?"})
+        + "\n"
+        + json.dumps({"prompt": prefix, "chosen": "", "rejected": "Another?"})
+        + "\n"
     )
     with pytest.raises(DataError, match=r"holds no usable preference pair \(1 identical, 1 empty\)"):
         qpo.run(qpo_config(tmp_path, tiny_model_dir, source))

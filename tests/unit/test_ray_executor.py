@@ -59,7 +59,14 @@ def questions_file(path: Path, count: int = 60) -> Path:
 
 
 def gen_config(output: Path, model_dir: Path, **overrides) -> GenerateQuestionsConfig:
-    values = dict(output=output, num=12, shard_size=3, engine={"model": str(model_dir)}, sampling={"max_new_tokens": 8}, progress=False)
+    values = dict(
+        output=output,
+        num=12,
+        shard_size=3,
+        engine={"model": str(model_dir)},
+        sampling={"max_new_tokens": 8},
+        progress=False,
+    )
     return GenerateQuestionsConfig(**{**values, **overrides})
 
 
@@ -80,8 +87,12 @@ def test_generate_questions_under_ray_gives_the_local_rows(tmp_path, tiny_model_
 
 def test_filter_language_under_ray_gives_the_local_rows(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl")
-    local = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False))
-    remote = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor="ray"))
+    local = FilterLanguage.run(
+        FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
+    )
+    remote = FilterLanguage.run(
+        FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor="ray")
+    )
     assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
     assert remote["dropped"] == local["dropped"] == {"duplicate": 43, "non_ascii": 1, "empty": 1}
     assert remote["shards"] == local["shards"] == 9
@@ -101,8 +112,12 @@ class DiesOnce(FilterLanguage):
 
 def test_a_worker_dying_mid_stage_has_its_shard_retried(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl")
-    expected = FilterLanguage.run(FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False))
-    stage = DiesOnce(FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor=RAY))
+    expected = FilterLanguage.run(
+        FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
+    )
+    stage = DiesOnce(
+        FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor=RAY)
+    )
     stage.marker = tmp_path / "died"
     manifest = run_stage(stage)
     assert stage.marker.exists(), "the worker never died"
@@ -133,15 +148,36 @@ def test_gpus_per_actor_come_from_whichever_models_the_stage_loads(tmp_path, tin
     source, executor = questions_file(tmp_path / "q.jsonl"), {"kind": "ray", "num_workers": 2}
     stages = {
         "filter-language": FilterLanguage(FilterLanguageConfig(input=source, output=tmp_path / "a", executor=executor)),
-        "difficulty": ScoreDifficulty(ScoreDifficultyConfig(input=source, output=tmp_path / "b", regressor="r", executor=executor)),
-        "difficulty-cpu": ScoreDifficulty(ScoreDifficultyConfig(input=source, output=tmp_path / "c", regressor="r", device="cpu", executor=executor)),
-        "reward-vllm": RewardSelect(RewardSelectConfig(input=source, output=tmp_path / "d", executor=executor,
-                                                       reward={"backend": "vllm", "tensor_parallel_size": 2})),
-        "qpo-data": BuildQPOData(QPODataConfig(output=tmp_path / "e", executor=executor, generator={"engine": "vllm", "model": "g", "tensor_parallel_size": 2},
-                                               optimizer={"engine": "openai", "model": "gpt-4o-mini"})),
+        "difficulty": ScoreDifficulty(
+            ScoreDifficultyConfig(input=source, output=tmp_path / "b", regressor="r", executor=executor)
+        ),
+        "difficulty-cpu": ScoreDifficulty(
+            ScoreDifficultyConfig(input=source, output=tmp_path / "c", regressor="r", device="cpu", executor=executor)
+        ),
+        "reward-vllm": RewardSelect(
+            RewardSelectConfig(
+                input=source,
+                output=tmp_path / "d",
+                executor=executor,
+                reward={"backend": "vllm", "tensor_parallel_size": 2},
+            )
+        ),
+        "qpo-data": BuildQPOData(
+            QPODataConfig(
+                output=tmp_path / "e",
+                executor=executor,
+                generator={"engine": "vllm", "model": "g", "tensor_parallel_size": 2},
+                optimizer={"engine": "openai", "model": "gpt-4o-mini"},
+            )
+        ),
     }
     assert {name: stage.gpus_per_replica() for name, stage in stages.items()} == {
-        "filter-language": 0, "difficulty": 1, "difficulty-cpu": 0, "reward-vllm": 2, "qpo-data": 2}
+        "filter-language": 0,
+        "difficulty": 1,
+        "difficulty-cpu": 0,
+        "reward-vllm": 2,
+        "qpo-data": 2,
+    }
     monkeypatch.setattr(ray_executor.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
     assert ray_executor.check_cluster(stages["filter-language"]) == (2, 0)
     assert ray_executor.check_cluster(stages["difficulty"]) == (2, 1)
@@ -151,7 +187,9 @@ def test_gpus_per_actor_come_from_whichever_models_the_stage_loads(tmp_path, tin
 
 def test_an_unreachable_address_fails_fast_with_one_line(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl", count=20)
-    config = FilterLanguageConfig(input=source, output=tmp_path / "out", progress=False, executor={"kind": "ray", "address": "127.0.0.1:1"})
+    config = FilterLanguageConfig(
+        input=source, output=tmp_path / "out", progress=False, executor={"kind": "ray", "address": "127.0.0.1:1"}
+    )
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
         FilterLanguage.run(config)
@@ -183,7 +221,9 @@ def test_a_killed_ray_driver_resumes_to_the_uninterrupted_local_rows(tmp_path, t
     out, log = tmp_path / "killed", tmp_path / "driver.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with open(log, "ab") as handle:
-        driver = subprocess.Popen(driver_command(out, tiny_model_dir, ray_address), env=env, stdout=handle, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            driver_command(out, tiny_model_dir, ray_address), env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while shard_count(out) < 3:
         if driver.poll() is not None or time.monotonic() > deadline:
@@ -196,9 +236,13 @@ def test_a_killed_ray_driver_resumes_to_the_uninterrupted_local_rows(tmp_path, t
     assert killed_at < NUM // SHARD_SIZE, "the driver finished before the kill landed"
     assert not (out / io.MANIFEST).exists()
 
-    final = subprocess.run(driver_command(out, tiny_model_dir, ray_address), env=env, capture_output=True, text=True, timeout=300)
+    final = subprocess.run(
+        driver_command(out, tiny_model_dir, ray_address), env=env, capture_output=True, text=True, timeout=300
+    )
     assert final.returncode == 0, final.stderr[-3000:]
-    reference = GenerateQuestions.run(gen_config(tmp_path / "reference", tiny_model_dir, num=NUM, shard_size=SHARD_SIZE))
+    reference = GenerateQuestions.run(
+        gen_config(tmp_path / "reference", tiny_model_dir, num=NUM, shard_size=SHARD_SIZE)
+    )
     rows = io.load_rows(out)
     assert [row["id"] for row in rows] == [f"q{i:08d}" for i in range(NUM)]
     assert rows == io.load_rows(tmp_path / "reference")
@@ -220,6 +264,12 @@ def test_a_shard_that_always_kills_its_worker_fails_the_stage_after_a_few_retrie
     source = questions_file(tmp_path / "questions.jsonl", count=20)
     out = tmp_path / "ray"
     with pytest.raises(RuntimeError, match="filter-language: a Ray worker failed: .*rerun to resume"):
-        run_stage(AlwaysDies(FilterLanguageConfig(input=source, output=out, shard_size=5, progress=False, executor=RAY)))
-    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.jsonl", "shard-00002.jsonl", "shard-00003.jsonl"]
+        run_stage(
+            AlwaysDies(FilterLanguageConfig(input=source, output=out, shard_size=5, progress=False, executor=RAY))
+        )
+    assert sorted(p.name for p in out.glob("shard-*")) == [
+        "shard-00000.jsonl",
+        "shard-00002.jsonl",
+        "shard-00003.jsonl",
+    ]
     assert not (out / io.MANIFEST).exists()

@@ -23,7 +23,13 @@ from scalequest.scorers import Scorer, conversation, load_scorer, score_head_kin
 from scalequest.scorers.base import render_ids
 from scalequest.scorers.remote_code import RemoteCodeScorer
 from scalequest.scorers.sequence_classification import ClassifierScorer, length_batches
-from scalequest.stages.reward_select import RewardModelConfig, RewardSelect, RewardSelectConfig, best_response, read_scores
+from scalequest.stages.reward_select import (
+    RewardModelConfig,
+    RewardSelect,
+    RewardSelectConfig,
+    best_response,
+    read_scores,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,11 +76,18 @@ def responses(questions: int, per_question: int = 3) -> list[dict]:
     rows = []
     for q in range(questions):
         for k in range(per_question):
-            rows.append({
-                "id": f"q{q}-r{k}", "question_id": f"q{q}", "question": f"Question number {q}: what is {q} + {k}?",
-                "sample_index": k, "response": f"Response {k} to question {q}. " * (k + 1) + f"\\boxed{{{q + k % 2}}}",
-                "answer": str(q + k % 2), "generator": "gen-model", "solver": "solver-model",
-            })
+            rows.append(
+                {
+                    "id": f"q{q}-r{k}",
+                    "question_id": f"q{q}",
+                    "question": f"Question number {q}: what is {q} + {k}?",
+                    "sample_index": k,
+                    "response": f"Response {k} to question {q}. " * (k + 1) + f"\\boxed{{{q + k % 2}}}",
+                    "answer": str(q + k % 2),
+                    "generator": "gen-model",
+                    "solver": "solver-model",
+                }
+            )
     return rows
 
 
@@ -150,7 +163,9 @@ def canned_stage(scorer: Scorer):
 
 
 def select_config(source: Path, output: Path, model_dir: Path, **overrides) -> RewardSelectConfig:
-    return RewardSelectConfig(input=source, output=output, progress=False, reward={"model": str(model_dir)}, **overrides)
+    return RewardSelectConfig(
+        input=source, output=output, progress=False, reward={"model": str(model_dir)}, **overrides
+    )
 
 
 def test_best_of_n_keeps_the_highest_score_per_question(tmp_path, classifier_dir):
@@ -177,7 +192,9 @@ def test_min_agreement_drops_questions_whose_answers_disagree(tmp_path, classifi
     rows = responses(3)  # answers per question: q, q+1, q -> 2 of 3 agree
     rows[3]["answer"], rows[5]["answer"] = "7", " 9 "  # question 1: three different answers
     source = write_jsonl(tmp_path / "responses.jsonl", rows)
-    manifest = canned_stage(CannedScorer()).run(select_config(source, tmp_path / "out", classifier_dir, min_agreement=2))
+    manifest = canned_stage(CannedScorer()).run(
+        select_config(source, tmp_path / "out", classifier_dir, min_agreement=2)
+    )
     out = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in out] == ["q0", "q2"]
     assert manifest["dropped"] == {"low_agreement": 3, "lower_reward": 4}
@@ -247,7 +264,10 @@ def test_stage_with_the_tiny_classifier_selects_the_argmax_of_real_scores(tmp_pa
 
 def test_a_causal_lm_is_refused_with_advice_before_any_output(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "responses.jsonl", responses(1))
-    with pytest.raises(ModelError, match=r"has no score head \(architectures: LlamaForCausalLM\).*sequence-classification.*trust_remote_code"):
+    with pytest.raises(
+        ModelError,
+        match=r"has no score head \(architectures: LlamaForCausalLM\).*sequence-classification.*trust_remote_code",
+    ):
         RewardSelect.run(select_config(source, tmp_path / "out", tiny_model_dir))
     assert not (tmp_path / "out").exists()
 
@@ -276,7 +296,7 @@ def test_unfinished_input_names_the_stage(tmp_path, classifier_dir):
 
 # --- remote-code reward models (get_scores), like InternLM2-7B-Reward --------------------------------
 
-REMOTE_CODE = '''
+REMOTE_CODE = """
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -310,7 +330,7 @@ class TinyRewardModel(PreTrainedModel):
     def get_scores(self, tokenizer, conversations):
         # Squeezed like InternLM2-7B-Reward's: a single conversation comes back as a bare float.
         return torch.tensor([self.get_score(tokenizer, c) for c in conversations]).squeeze().tolist()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +346,10 @@ def remote_code_dir(tmp_path_factory) -> Path:
     tokenizer = build_tiny_tokenizer()
     config = module.TinyRewardConfig(vocab_size=len(tokenizer))
     config.architectures = ["TinyRewardModel"]
-    config.auto_map = {"AutoConfig": "modeling_tiny_reward.TinyRewardConfig", "AutoModel": "modeling_tiny_reward.TinyRewardModel"}
+    config.auto_map = {
+        "AutoConfig": "modeling_tiny_reward.TinyRewardConfig",
+        "AutoModel": "modeling_tiny_reward.TinyRewardModel",
+    }
     torch.manual_seed(0)
     module.TinyRewardModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -363,18 +386,32 @@ def test_vllm_scores_match_transformers(tmp_path, tiny_tokenizer):
 
     # head_dim 32: vLLM's CPU attention rejects conftest's head_dim 8.
     config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, num_labels=1,
-        bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id,
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        num_labels=1,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     chats = [conversation(q, r) for q, r in PAIRS]
     expected = ClassifierScorer(RewardModelConfig(model=str(tmp_path / "model"), dtype="float32")).score(chats)
-    scorer = load_scorer(RewardModelConfig(
-        backend="vllm", model=str(tmp_path / "model"), dtype="float32", max_model_len=512, engine_kwargs={"enforce_eager": True}
-    ))
+    scorer = load_scorer(
+        RewardModelConfig(
+            backend="vllm",
+            model=str(tmp_path / "model"),
+            dtype="float32",
+            max_model_len=512,
+            engine_kwargs={"enforce_eager": True},
+        )
+    )
     try:
         got = scorer.score(chats)
     finally:

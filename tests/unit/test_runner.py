@@ -45,7 +45,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def gen_config(output: Path, model_dir: Path, **overrides) -> GenerateQuestionsConfig:
-    values = dict(output=output, num=12, shard_size=3, engine={"model": str(model_dir)}, sampling={"max_new_tokens": 8}, progress=False)
+    values = dict(
+        output=output,
+        num=12,
+        shard_size=3,
+        engine={"model": str(model_dir)},
+        sampling={"max_new_tokens": 8},
+        progress=False,
+    )
     values.update(overrides)
     return GenerateQuestionsConfig(**values)
 
@@ -439,7 +446,15 @@ def test_generate_question_rows(reference, tiny_model_dir):
     assert [row["id"] for row in rows] == [f"q{i:08d}" for i in range(12)]
     assert len({row["id"] for row in rows}) == 12
     for row in rows:
-        assert set(row) == {"id", "question", "generator", "sampling", "prompt_tokens", "completion_tokens", "finish_reason"}
+        assert set(row) == {
+            "id",
+            "question",
+            "generator",
+            "sampling",
+            "prompt_tokens",
+            "completion_tokens",
+            "finish_reason",
+        }
         assert isinstance(row["question"], str) and row["question"] == row["question"].strip()
         assert row["generator"] == str(tiny_model_dir)
         assert row["sampling"]["temperature"] == 1.0
@@ -473,7 +488,9 @@ def test_seed_changes_the_text(reference, tmp_path, tiny_model_dir):
 
 def test_generate_last_shard_is_short(tmp_path, tiny_model_dir):
     out = tmp_path / "odd"
-    manifest = runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2})))
+    manifest = runner.run_stage(
+        GenerateQuestions(gen_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2}))
+    )
     assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-0000{i}.jsonl" for i in range(3)]
     assert [row["id"] for row in io.load_rows(out)] == [f"q{i:08d}" for i in range(5)]
     assert manifest["rows_out"] == 5 and manifest["shards"] == 3

@@ -149,8 +149,9 @@ def test_a_model_that_ships_its_own_code_names_the_setting(tmp_path):
     tokenizer = build_tiny_tokenizer()
     folder = tmp_path / "remote"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "not-in-transformers", "auto_map": {
-        "AutoConfig": "modeling_x.XConfig"}}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "not-in-transformers", "auto_map": {"AutoConfig": "modeling_x.XConfig"}})
+    )
     tokenizer.save_pretrained(folder)
     with pytest.raises(ModelError, match=r"ships its own code; set reward.trust_remote_code: true"):
         read_model_config(str(folder), what="reward model", trust_setting="reward.trust_remote_code")

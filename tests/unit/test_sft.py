@@ -14,14 +14,26 @@ from scalequest.stages import sft
 
 
 def write_pairs(path, n=16):
-    rows = [{"query": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}. The answer is \\boxed{{{2 * i}}}."} for i in range(n)]
+    rows = [
+        {"query": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}. The answer is \\boxed{{{2 * i}}}."}
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def config(tmp_path, model, **overrides):
-    values = dict(input=write_pairs(tmp_path / "pairs.jsonl"), output=tmp_path / "sft", model=str(model), epochs=4,
-                  learning_rate=1e-2, batch_size=4, logging_steps=1, max_length=64, progress=False)
+    values = dict(
+        input=write_pairs(tmp_path / "pairs.jsonl"),
+        output=tmp_path / "sft",
+        model=str(model),
+        epochs=4,
+        learning_rate=1e-2,
+        batch_size=4,
+        logging_steps=1,
+        max_length=64,
+        progress=False,
+    )
     values.update(overrides)
     return sft.SFTStageConfig(**values)
 
@@ -33,7 +45,9 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
     out = tmp_path / "sft"
     assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
     engine = HFEngine(engine_config(model=str(out)))
-    completions = engine.generate([[{"role": "user", "content": "What is 3 plus 3?"}]], SamplingParams(temperature=0, max_new_tokens=8))
+    completions = engine.generate(
+        [[{"role": "user", "content": "What is 3 plus 3?"}]], SamplingParams(temperature=0, max_new_tokens=8)
+    )
     assert len(completions[0]) == 1
     # Finished with the same config: skipped, the manifest is not rewritten.
     assert sft.run(config(tmp_path, tiny_model_dir))["finished_at"] == manifest["finished_at"]
@@ -46,9 +60,14 @@ def test_sft_masks_the_prompt(tmp_path, tiny_model_dir):
     cfg = config(tmp_path, tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     dataset = sft.build_dataset(cfg, tokenizer)
-    trainer = SFTTrainer(model=str(tiny_model_dir), args=SFTConfig(output_dir=str(tmp_path / "x"), report_to="none", bf16=False,
-                                                                   completion_only_loss=True, max_length=64),
-                         train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=str(tiny_model_dir),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     example = trainer.train_dataset[0]
     masked = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == -100])
     trained = tokenizer.decode([label for label in example["labels"] if label != -100])
@@ -75,7 +94,9 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint_then_drops_the_checkpoints(tmp_path, tiny_model_dir, monkeypatch, caplog):
+def test_a_killed_training_resumes_from_its_last_checkpoint_then_drops_the_checkpoints(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
     from transformers import TrainerCallback
 
     from scalequest.training import run_training
@@ -90,6 +111,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_then_drops_the_check
             trainer = build_trainer()
             trainer.add_callback(KillAtStep3())
             return trainer
+
         return run_training(config, build, **kwargs)
 
     cfg = config(tmp_path, tiny_model_dir, max_steps=4, save_steps=2)

@@ -35,7 +35,8 @@ QWEN2 = (
 )
 
 # SmolLM2-Instruct: ChatML with its own default system turn. Byte-identical to the template in the
-# embedded GGUF, which has raw newlines inside the Jinja string literals (they render the same as the '\n' escapes used below).
+# embedded GGUF, which has raw newlines inside the Jinja string literals (they render the same as the '\n' escapes
+# used below).
 SMOLLM2 = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
@@ -45,14 +46,16 @@ SMOLLM2 = (
 
 # Plain ChatML (OpenHermes style): no default system turn.
 CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 # Meta-Llama-3-Instruct: BOS written by the template, content trimmed.
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim "
+    "+ '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
@@ -60,7 +63,8 @@ LLAMA3 = (
 # deepseek-llm-chat / DeepSeekMath-Instruct/RL: the user turn ends with a bare blank line.
 DEEPSEEK = (
     "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + "
+    "'\\n\\n' }}"
     "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}"
     "{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
@@ -68,10 +72,12 @@ DEEPSEEK = (
 
 # Gemma-it: no system role, strict alternation, content trimmed.
 GEMMA = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% "
+    "endif %}"
     "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% "
+    "endif %}"
     "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
 )
@@ -83,20 +89,25 @@ MISTRAL = (
     "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
     "{{- bos_token }}{%- for message in loop_messages %}"
     "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}"
     "{%- endif %}{%- if message['role'] == 'user' %}"
-    "{%- if loop.first and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}"
+    "{%- if loop.first and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] "
+    "+ ' [/INST]' }}"
     "{%- else %}{{- '[INST] ' + message['content'] + ' [/INST]' }}{%- endif %}"
     "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token}}"
-    "{%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}"
+    "{%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an initial "
+    "optional system message!') }}"
     "{%- endif %}{%- endfor %}"
 )
 
 # Phi-3-mini-instruct (mid-2024 revision): no BOS in the template, EOS after a turn without a generation prompt.
 PHI3 = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}"
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
+    "'<|end|>\\n'}}"
     "{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
-    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% "
+    "endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
@@ -251,7 +262,9 @@ FAMILIES = [
 
 
 def family_tokenizer(family: Family):
-    return make_tokenizer(family.template, bos=family.bos, eos=family.eos, specials=family.specials, name=f"test/{family.name}")
+    return make_tokenizer(
+        family.template, bos=family.bos, eos=family.eos, specials=family.specials, name=f"test/{family.name}"
+    )
 
 
 def render(tok, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -312,7 +325,10 @@ def test_no_chat_template_raises_with_tokenizer_name() -> None:
 
 def test_template_that_drops_system_prompt_raises() -> None:
     # Some templates skip roles they do not know instead of raising; the prompt would be lost silently.
-    template = "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|im_start|>user\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}"
+        "{{ '<|im_start|>user\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    )
     tok = make_tokenizer(template, eos="<|im_end|>", specials=("<|im_start|>", "<|im_end|>"))
     assert pre_query_prefix(tok) == "<|im_start|>user\n"
     with pytest.raises(ValueError, match="drops the system prompt"):
@@ -358,5 +374,11 @@ def test_encode_prompt_text_does_not_double_bos() -> None:
 def test_pre_query_prefix_is_public_at_package_level(tiny_tokenizer):
     import scalequest
 
-    assert scalequest.pre_query_prefix(tiny_tokenizer) == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-    assert scalequest.pre_query_prefix(tiny_tokenizer, "Ask math.") == "<|im_start|>system\nAsk math.<|im_end|>\n<|im_start|>user\n"
+    assert (
+        scalequest.pre_query_prefix(tiny_tokenizer)
+        == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    )
+    assert (
+        scalequest.pre_query_prefix(tiny_tokenizer, "Ask math.")
+        == "<|im_start|>system\nAsk math.<|im_end|>\n<|im_start|>user\n"
+    )

@@ -20,9 +20,17 @@ def test_our_defaults_apply_and_the_trainer_mapping_overrides_them(tmp_path):
     config = SFTStageConfig(input=tmp_path / "in.jsonl", output=tmp_path / "out", bf16=False)
     args = trainer_arguments(config, SFTConfig, max_length=64)
     assert args.report_to == [] and args.save_total_limit == OUR_TRAINER_DEFAULTS["save_total_limit"]
-    assert args.max_length == 64 and args.num_train_epochs == 3.0 and args.output_dir == str(tmp_path / "out" / "checkpoints")
-    config = SFTStageConfig(input=tmp_path / "in.jsonl", output=tmp_path / "out", bf16=False,
-                            trainer={"report_to": "wandb", "weight_decay": 0.5, "save_total_limit": 3})
+    assert (
+        args.max_length == 64
+        and args.num_train_epochs == 3.0
+        and args.output_dir == str(tmp_path / "out" / "checkpoints")
+    )
+    config = SFTStageConfig(
+        input=tmp_path / "in.jsonl",
+        output=tmp_path / "out",
+        bf16=False,
+        trainer={"report_to": "wandb", "weight_decay": 0.5, "save_total_limit": 3},
+    )
     args = trainer_arguments(config, SFTConfig)
     assert args.report_to == ["wandb"] and args.weight_decay == 0.5 and args.save_total_limit == 3
 
@@ -38,7 +46,9 @@ def test_each_training_stage_checks_keys_against_its_own_trainer_class(tmp_path)
 
 
 def test_a_trainer_key_our_own_field_sets_names_that_field(tmp_path, capsys):
-    code = main(["sft", f"input={tmp_path / 'in.jsonl'}", f"output={tmp_path / 'out'}", "trainer={num_train_epochs: 2}"])
+    code = main(
+        ["sft", f"input={tmp_path / 'in.jsonl'}", f"output={tmp_path / 'out'}", "trainer={num_train_epochs: 2}"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == EXIT_BAD_INPUT and "num_train_epochs is set by this stage's field 'epochs'; set that instead" in err
     assert not (tmp_path / "out").exists()

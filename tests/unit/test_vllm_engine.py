@@ -20,7 +20,10 @@ from scalequest.engines.vllm import VLLMEngine  # noqa: E402
 pytestmark = pytest.mark.slow
 
 RAW = ["Tom has 3 apples and buys 5 more.", "What is the sum of 12 and 30?"]
-CHAT = [[{"role": "user", "content": "Find x if 2x + 3 = 11."}], [{"role": "user", "content": "How far does the train go?"}]]
+CHAT = [
+    [{"role": "user", "content": "Find x if 2x + 3 = 11."}],
+    [{"role": "user", "content": "How far does the train go?"}],
+]
 
 
 def build_vllm_tiny_model_dir(path: Path, tokenizer) -> Path:
@@ -31,9 +34,16 @@ def build_vllm_tiny_model_dir(path: Path, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -51,7 +61,9 @@ def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 def engine(model_dir):
     # float32 so greedy output can be compared with the hf engine; enforce_eager skips torch.compile,
     # which cuts engine start on CPU from ~95 s to ~30 s.
-    config = engine_config(engine="vllm", model=str(model_dir), dtype="float32", max_model_len=256, engine_kwargs={"enforce_eager": True})
+    config = engine_config(
+        engine="vllm", model=str(model_dir), dtype="float32", max_model_len=256, engine_kwargs={"enforce_eager": True}
+    )
     engine = VLLMEngine(config)
     yield engine
     engine.close()

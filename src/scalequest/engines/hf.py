@@ -85,10 +85,14 @@ class HFEngine(Engine):
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[list[Completion]] = [[] for _ in prompts]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for batch_index, batch in enumerate(tqdm(batches, desc="generate", unit="batch", leave=False, disable=len(batches) < 2)):
+        for batch_index, batch in enumerate(
+            tqdm(batches, desc="generate", unit="batch", leave=False, disable=len(batches) < 2)
+        ):
             if params.seed is not None:
                 torch.manual_seed(params.seed + batch_index)
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(self.model.device)
+            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
+                self.model.device
+            )
             sampling = params.temperature > 0
             kwargs = dict(temperature=params.temperature, top_p=params.top_p) if sampling else {}
             if long_stops:
@@ -109,7 +113,9 @@ class HFEngine(Engine):
                 results[index].append(self._completion(token_ids, len(encoded[index]), stop_ids, params))
         return self._count(results)
 
-    def _completion(self, token_ids: list[int], prompt_tokens: int, stop_ids: set[int], params: SamplingParams) -> Completion:
+    def _completion(
+        self, token_ids: list[int], prompt_tokens: int, stop_ids: set[int], params: SamplingParams
+    ) -> Completion:
         end = next((i for i, t in enumerate(token_ids) if t in stop_ids), None)
         if end is not None:
             text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)

@@ -59,7 +59,11 @@ class OpenAIEngine(Engine):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-engine") as pool:
             # map() yields in submission order, so results line up with prompts.
             requests = pool.map(lambda prompt: self._request(prompt, params), prompts)
-            answers = list(tqdm(requests, total=len(prompts), desc="generate", unit="prompt", leave=False, disable=len(prompts) < 16))
+            answers = list(
+                tqdm(
+                    requests, total=len(prompts), desc="generate", unit="prompt", leave=False, disable=len(prompts) < 16
+                )
+            )
         results: list[list[Completion]] = []
         for answer in answers:
             if answer is None:
@@ -89,7 +93,9 @@ class OpenAIEngine(Engine):
                 response = self.client.chat.completions.create(messages=prompt, **kwargs)
                 texts = [(c, c.message.content or "") for c in sorted(response.choices, key=lambda c: c.index)]
         except openai.OpenAIError as err:
-            log.warning("openai engine: request to %s failed: %s", self.config.base_url or "the OpenAI API", self._describe(err))
+            log.warning(
+                "openai engine: request to %s failed: %s", self.config.base_url or "the OpenAI API", self._describe(err)
+            )
             return None
 
         usage = response.usage

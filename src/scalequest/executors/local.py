@@ -13,7 +13,12 @@ from scalequest.stage import RowStage, Shard, write_shard
 
 def run_local(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int, done_rows: int = 0) -> None:
     bar = tqdm(
-        total=total_rows, initial=done_rows, desc=stage.config.stage, unit="row", disable=not stage.config.progress, dynamic_ncols=True
+        total=total_rows,
+        initial=done_rows,
+        desc=stage.config.stage,
+        unit="row",
+        disable=not stage.config.progress,
+        dynamic_ncols=True,
     )
     tokens = 0
     ready = False

@@ -100,7 +100,9 @@ def worker_resources(stage: RowStage, gpus: float) -> tuple[RowStage, dict]:
 
     def placement_group() -> dict:
         group = ray.util.placement_group([{"GPU": 1, "CPU": cpus}] * int(gpus), strategy="STRICT_PACK")
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        }
 
     # The actors' copy only: the driver's config (hashed, saved in the manifest) stays as the user wrote it.
     stage = copy.copy(stage)
@@ -145,8 +147,18 @@ class ShardWorker:
             shard = pickle.loads(blob)
             started = time.time()
             result = self.stage.process(shard)
-            stats.append(json.dumps(write_shard(self.out, shard, result, time.time() - started, self.stage.devices(),
-                                                    self.stage.config.keep_removed)))
+            stats.append(
+                json.dumps(
+                    write_shard(
+                        self.out,
+                        shard,
+                        result,
+                        time.time() - started,
+                        self.stage.devices(),
+                        self.stage.config.keep_removed,
+                    )
+                )
+            )
         return {"index": batch["index"], "stats": stats}
 
     def __del__(self):  # Ray Data calls it when it shuts the actor down
@@ -154,7 +166,14 @@ class ShardWorker:
             self.stage.teardown()
 
 
-def feed(shards: Iterable[Shard], queue: Queue, credits: threading.Semaphore, stop: threading.Event, fed: set[int], errors: list) -> None:
+def feed(
+    shards: Iterable[Shard],
+    queue: Queue,
+    credits: threading.Semaphore,
+    stop: threading.Event,
+    fed: set[int],
+    errors: list,
+) -> None:
     """Driver thread: put pending shards into the queue, one per credit (each finished shard returns one)."""
     try:
         for shard in shards:
@@ -191,7 +210,9 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
     queue, credits, stop = Queue(actor_options={"num_cpus": 0}), threading.Semaphore(window), threading.Event()
     fed: set[int] = set()
     errors: list[BaseException] = []
-    feeder = threading.Thread(target=feed, args=(chain([first], shards), queue, credits, stop, fed, errors), daemon=True)
+    feeder = threading.Thread(
+        target=feed, args=(chain([first], shards), queue, credits, stop, fed, errors), daemon=True
+    )
 
     dataset = ray.data.read_datasource(QueueSource(queue), override_num_blocks=1, num_cpus=READ_CPUS)
     with warnings.catch_warnings():  # Ray 2.60 deprecates these remote args but offers nothing else for them
@@ -213,7 +234,14 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
     context.execution_no_progress_timeout_s = -1  # one shard (or one engine start) may take over the 30 min default
     context.target_max_block_size = 1  # never merge shards into one block: each goes to its own actor task
 
-    bar = tqdm(total=total_rows, initial=done_rows, desc=config.stage, unit="row", disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_rows,
+        initial=done_rows,
+        desc=config.stage,
+        unit="row",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
     tokens, finished = 0, set()
     feeder.start()
     try:
@@ -225,7 +253,9 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
             bar.update(stats["rows_in"])
             bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.1f}", refresh=False)
     except ray.exceptions.RayError as err:
-        raise RuntimeError(f"{config.stage}: a Ray worker failed: {cause(err)}; finished shards are kept, rerun to resume") from err
+        raise RuntimeError(
+            f"{config.stage}: a Ray worker failed: {cause(err)}; finished shards are kept, rerun to resume"
+        ) from err
     finally:
         bar.close()
         stop.set()
@@ -235,4 +265,6 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
     if errors:
         raise errors[0]
     if fed - finished:  # never let the runner write a manifest over a silently partial output
-        raise RuntimeError(f"{config.stage}: shards {sorted(fed - finished)[:10]} came back from no Ray worker; rerun to finish them")
+        raise RuntimeError(
+            f"{config.stage}: shards {sorted(fed - finished)[:10]} came back from no Ray worker; rerun to finish them"
+        )

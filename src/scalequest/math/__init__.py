@@ -7,7 +7,14 @@
 """
 
 from scalequest.math.answers import GradeResult, answers_match, extract_answer, grade, grade_many, last_boxed
-from scalequest.math.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec, benchmark_source, default_data_dir, load_benchmark
+from scalequest.math.benchmarks import (
+    BENCHMARKS,
+    BenchmarkError,
+    BenchmarkSpec,
+    benchmark_source,
+    default_data_dir,
+    load_benchmark,
+)
 
 __all__ = [
     "BENCHMARKS",

@@ -135,27 +135,53 @@ class BenchmarkSpec:
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "gsm8k": BenchmarkSpec(
-        "gsm8k_test.jsonl", "question", _gold_gsm8k, DataSource(hub="openai/gsm8k", config="main", split="test"), bundled="gsm8k_test"
+        "gsm8k_test.jsonl",
+        "question",
+        _gold_gsm8k,
+        DataSource(hub="openai/gsm8k", config="main", split="test"),
+        bundled="gsm8k_test",
     ),
     "math500": BenchmarkSpec(
-        "math500_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/MATH-500", split="test"), bundled="math500_test"
+        "math500_test.jsonl",
+        "problem",
+        _gold_field("answer"),
+        DataSource(hub="HuggingFaceH4/MATH-500", split="test"),
+        bundled="math500_test",
     ),
     "college_math": BenchmarkSpec(
-        "college_math_test.jsonl", "question", _gold_college_math, DataSource(hub="di-zhang-fdu/College_Math_Test", split="test")
+        "college_math_test.jsonl",
+        "question",
+        _gold_college_math,
+        DataSource(hub="di-zhang-fdu/College_Math_Test", split="test"),
     ),
     "olympiadbench": BenchmarkSpec(
-        "olympiadbench_test.jsonl", "question", _gold_olympiadbench,
+        "olympiadbench_test.jsonl",
+        "question",
+        _gold_olympiadbench,
         DataSource(hub="Hothan/OlympiadBench", config="OE_TO_maths_en_COMP", split="train"),
     ),
-    "gsm_hard": BenchmarkSpec("gsm_hard_test.jsonl", "input", _gold_field("target"), DataSource(hub="reasoning-machines/gsm-hard", split="train")),
+    "gsm_hard": BenchmarkSpec(
+        "gsm_hard_test.jsonl",
+        "input",
+        _gold_field("target"),
+        DataSource(hub="reasoning-machines/gsm-hard", split="train"),
+    ),
     # The local file is the OCW set as evaluation repositories ship it (problem + boxed solution); the Hub
     # copy holds the question and the final answer in their own fields.
     "minerva_math": BenchmarkSpec(
-        "minerva_math_test.jsonl", "problem", _gold_minerva, DataSource(hub="math-ai/minervamath", split="test"),
-        hub_question_field="question", hub_gold=_gold_field("answer"),
+        "minerva_math_test.jsonl",
+        "problem",
+        _gold_minerva,
+        DataSource(hub="math-ai/minervamath", split="test"),
+        hub_question_field="question",
+        hub_gold=_gold_field("answer"),
     ),
-    "aime24": BenchmarkSpec("aime24_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/aime_2024", split="train")),
-    "amc23": BenchmarkSpec("amc23_test.jsonl", "question", _gold_field("answer"), DataSource(hub="math-ai/amc23", split="test")),
+    "aime24": BenchmarkSpec(
+        "aime24_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/aime_2024", split="train")
+    ),
+    "amc23": BenchmarkSpec(
+        "amc23_test.jsonl", "question", _gold_field("answer"), DataSource(hub="math-ai/amc23", split="test")
+    ),
 }
 
 
@@ -210,9 +236,14 @@ def _read_hub(name: str, spec: BenchmarkSpec, data_dir: str | Path | None) -> li
         dataset = io.load_hub(spec.hub.hub, spec.hub.config, spec.hub.split, spec.hub.revision)
     except io.DataError as error:
         folder = Path(data_dir) if data_dir is not None else default_data_dir()
-        where = f"no file {_local_file(folder, spec.file_name)}" if folder else f"no local data folder (${DATA_DIR_ENV} unset)"
+        where = (
+            f"no file {_local_file(folder, spec.file_name)}"
+            if folder
+            else f"no local data folder (${DATA_DIR_ENV} unset)"
+        )
         raise BenchmarkError(
-            f"benchmark {name!r}: {where}, and {error}; pass data_dir=... (or set ${DATA_DIR_ENV}) to a folder holding {spec.file_name}"
+            f"benchmark {name!r}: {where}, and {error}; pass data_dir=... (or set ${DATA_DIR_ENV}) to a folder "
+            f"holding {spec.file_name}"
         ) from None
     return [dict(row) for row in dataset]
 

@@ -16,8 +16,13 @@ from scalequest.scorers.sequence_classification import architectures, head_outpu
 def score_head_kind(config) -> str:
     """'classifier', 'remote_code' or 'vllm_reward' for a reward model section; ModelError when the model
     cannot give a score. Only the config is read, so a wrong model fails before any output exists."""
-    _, model_config = read_model_config(config.model, config.revision, config.trust_remote_code,
-                                        what="reward model", trust_setting="reward.trust_remote_code")
+    _, model_config = read_model_config(
+        config.model,
+        config.revision,
+        config.trust_remote_code,
+        what="reward model",
+        trust_setting="reward.trust_remote_code",
+    )
     outputs = head_outputs(model_config)
     if outputs is not None:
         if outputs != 1:

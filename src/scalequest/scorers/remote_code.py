@@ -23,7 +23,10 @@ class RemoteCodeScorer(Scorer):
         self.tokenizer = load_reward_tokenizer(config)
         try:
             model = AutoModel.from_pretrained(
-                resolve_model(config.model, config.revision), dtype=dtype, trust_remote_code=True, **config.engine_kwargs
+                resolve_model(config.model, config.revision),
+                dtype=dtype,
+                trust_remote_code=True,
+                **config.engine_kwargs,
             )
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load reward model {config.model!r}: {first_line(err)}") from None

@@ -24,8 +24,13 @@ def first_line(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def read_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False, what: str = "model",
-                      trust_setting: str | None = None):
+def read_model_config(
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    what: str = "model",
+    trust_setting: str | None = None,
+):
     """(location, config) of a model, read without loading weights; one ModelError line when it cannot be read.
     With `trust_setting`, a model that ships its own code is refused with the setting that allows it."""
     from transformers import AutoConfig
@@ -54,8 +59,15 @@ def head_outputs(model_config) -> int | None:
     return None
 
 
-def load_classifier(source: str, name: str, what: str = "model", device: str = "auto", dtype: str = "auto",
-                    trust_remote_code: bool = False, model_kwargs: dict | None = None):
+def load_classifier(
+    source: str,
+    name: str,
+    what: str = "model",
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    model_kwargs: dict | None = None,
+):
     """The model at `source` in eval mode on its device; ModelError when its weights hold no trained head."""
     from transformers import AutoModelForSequenceClassification
 
@@ -115,16 +127,22 @@ def length_batches(lengths: list[int], size: int, max_padding: float | None = MA
         yield batch
 
 
-def score_ids(model, tokenizer, encoded: list[list[int]], batch_size: int,
-              max_padding: float | None = MAX_PADDING) -> list[float]:
+def score_ids(
+    model, tokenizer, encoded: list[list[int]], batch_size: int, max_padding: float | None = MAX_PADDING
+) -> list[float]:
     """`logits[:, 0]` for each token-id list, in input order; lists longer than the model's context are cut."""
     import torch
 
     context = context_length(model)
     if context is not None and any(len(ids) > context for ids in encoded):
         cut = sum(len(ids) > context for ids in encoded)
-        log.warning("%d of %d inputs are longer than the model's %d positions; scoring their first %d tokens",
-                    cut, len(encoded), context, context)
+        log.warning(
+            "%d of %d inputs are longer than the model's %d positions; scoring their first %d tokens",
+            cut,
+            len(encoded),
+            context,
+            context,
+        )
         encoded = [ids[:context] for ids in encoded]
     scores = [0.0] * len(encoded)
     for batch in length_batches([len(ids) for ids in encoded], batch_size, max_padding):
@@ -140,8 +158,14 @@ def score_ids(model, tokenizer, encoded: list[list[int]], batch_size: int,
     return scores
 
 
-def score_texts(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
-                max_padding: float | None = MAX_PADDING) -> list[float]:
+def score_texts(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int | None = None,
+    max_padding: float | None = MAX_PADDING,
+) -> list[float]:
     """`logits[:, 0]` for each text, in order. The tokenizer truncates, as it did in training (it keeps the
     special tokens it adds), to `max_length` or the model's context."""
     if not texts:
@@ -157,8 +181,13 @@ class ClassifierScorer(Scorer):
     def __init__(self, config):
         self.tokenizer = load_reward_tokenizer(config)
         self.model = load_classifier(
-            resolve_model(config.model, config.revision), config.model, what="reward model", device=config.device,
-            dtype=config.dtype, trust_remote_code=config.trust_remote_code, model_kwargs=config.engine_kwargs,
+            resolve_model(config.model, config.revision),
+            config.model,
+            what="reward model",
+            device=config.device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            model_kwargs=config.engine_kwargs,
         )
         on_cuda = self.model.device.type == "cuda"
         self.gpus = int(on_cuda)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from scalequest import io
 from scalequest.config import RowStageConfig
 from scalequest.runner import finished_stats
 from scalequest.stage import RowStage, Shard, ShardResult
@@ -40,14 +39,20 @@ class DecontaminateConfig(RowStageConfig):
 
     benchmarks: list[str] = Field(
         ["gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard"],
-        description="Test sets to check against (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, amc23).",
+        description="Test sets to check against (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, "
+        "aime24, amc23).",
     )
     data_dir: Path | None = Field(
-        None, description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); else the Hub."
+        None,
+        description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); "
+        "else the Hub.",
     )
     ngram: int = Field(13, ge=1, description="Words per n-gram (paper: 13).")
     fields: list[str] = Field(["question"], description="Row fields whose text is checked (each on its own).")
-    drop: bool = Field(True, description="Drop overlapping rows; false keeps them, each marked with the benchmark questions it overlaps.")
+    drop: bool = Field(
+        True,
+        description="Drop overlapping rows; false keeps them, each marked with the benchmark questions it overlaps.",
+    )
 
     @field_validator("benchmarks")
     @classmethod
@@ -133,7 +138,8 @@ class Decontaminate(RowStage):
         from scalequest.math import load_benchmark
 
         self.index = [
-            BenchmarkNgrams.build(name, load_benchmark(name, self.config.data_dir), self.config.ngram) for name in self.config.benchmarks
+            BenchmarkNgrams.build(name, load_benchmark(name, self.config.data_dir), self.config.ngram)
+            for name in self.config.benchmarks
         ]
 
     def overlaps(self, row: dict) -> list[dict]:
@@ -186,6 +192,8 @@ class Decontaminate(RowStage):
             "ngram": self.config.ngram,
             "clean_ratio": {**{b.name: clean(f"overlap:{b.name}") for b in self.index}, "all": clean("contaminated")},
             "benchmark_questions": {b.name: len(b.ids) for b in self.index},
-            "benchmark_sources": {name: str(benchmark_source(name, self.config.data_dir)) for name in self.config.benchmarks},
+            "benchmark_sources": {
+                name: str(benchmark_source(name, self.config.data_dir)) for name in self.config.benchmarks
+            },
             "benchmark_questions_too_short": {b.name: b.too_short for b in self.index},
         }

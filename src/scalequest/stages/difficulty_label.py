@@ -72,22 +72,31 @@ class DifficultyLabelConfig(RowStageConfig):
     stage = "difficulty-label"
 
     input: DataSource = Field(
-        ..., description="Questions with known answers: a path, {bundled: gsm8k_train}, or {hub: openai/gsm8k, config: main}."
+        ...,
+        description="Questions with known answers: a path, {bundled: gsm8k_train}, or {hub: openai/gsm8k, config: "
+        "main}.",
     )
     question_field: str = Field("question", description="Field holding the question (MATH: problem).")
     answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
     gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
-        "gsm8k", description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with \\boxed{} (MATH); plain = the answer itself."
+        "gsm8k",
+        description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with "
+        "\\boxed{} (MATH); plain = the answer itself.",
     )
     limit: int | None = Field(None, ge=1, description="Label only the first N questions.")
     engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The solver (paper: DeepSeekMath-7B-RL).")
     sampling: LabelSampling = Field(
-        default_factory=LabelSampling, description="Solver sampling; sampling.n = solutions per question (default 8, temperature 0.7)."
+        default_factory=LabelSampling,
+        description="Solver sampling; sampling.n = solutions per question (default 8, temperature 0.7).",
     )
     prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto", description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat when the tokenizer has a template."
+        "auto",
+        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
+        "when the tokenizer has a template.",
     )
-    grading_timeout: float = Field(5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong.")
+    grading_timeout: float = Field(
+        5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong."
+    )
     grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
     keep_responses: bool = Field(False, description="Store the solver's full responses in each row (large).")
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
@@ -112,7 +121,9 @@ class LabelDifficulty(RowStage):
                 break
             question = row.get(config.question_field)
             if not isinstance(question, str) or not question.strip():
-                raise io.DataError(f"input {config.input}: row {row['id']} has no question in field {config.question_field!r}")
+                raise io.DataError(
+                    f"input {config.input}: row {row['id']} has no question in field {config.question_field!r}"
+                )
             if row.get(config.answer_field) is None:
                 raise io.DataError(
                     f"input {config.input}: row {row['id']} has no field {config.answer_field!r} with its known answer "
@@ -191,5 +202,3 @@ class LabelDifficulty(RowStage):
             "mean_fail_rate": round(sum(rates) / len(rates), 4) if rates else None,
             "fail_rate_histogram": histogram(rates),
         }
-
-

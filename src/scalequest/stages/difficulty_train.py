@@ -27,14 +27,25 @@ class DifficultyTrainConfig(TrainingConfig):
 
     stage = "difficulty-train"
 
-    model: str = Field("embedded", description="Base model to put a regression head on: HF id, local directory or 'embedded' (paper: DeepSeekMath-7B-Base).")
+    model: str = Field(
+        "embedded",
+        description="Base model to put a regression head on: HF id, local directory or 'embedded' (paper: "
+        "DeepSeekMath-7B-Base).",
+    )
     epochs: float = Field(2.0, gt=0, description="Passes over the training split (ours; the paper gives none).")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (ours; the paper gives none).")
     batch_size: int = Field(8, ge=1, description="Examples per device per step.")
-    max_length: int = Field(512, ge=8, description="Longest tokenized question; longer ones are truncated (give filter-difficulty the same max_length).")
+    max_length: int = Field(
+        512,
+        ge=8,
+        description="Longest tokenized question; longer ones are truncated (give filter-difficulty the same "
+        "max_length).",
+    )
     question_field: str = Field("question", description="Input field holding the question.")
     label_field: str = Field("fail_rate", description="Input field holding the number to predict.")
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out (seeded by `seed`) for MSE and Spearman in the manifest.")
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of rows held out (seeded by `seed`) for MSE and Spearman in the manifest."
+    )
 
 
 def read_labelled(config: DifficultyTrainConfig) -> list[dict]:
@@ -45,11 +56,16 @@ def read_labelled(config: DifficultyTrainConfig) -> list[dict]:
         if not isinstance(question, str) or not question.strip():
             raise io.DataError(f"input {config.input}: row {row['id']} has no text in field {config.question_field!r}")
         if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
-            raise io.DataError(f"input {config.input}: row {row['id']} has no number in field {config.label_field!r} (got {label!r})")
+            raise io.DataError(
+                f"input {config.input}: row {row['id']} has no number in field {config.label_field!r} (got {label!r})"
+            )
         rows.append({"question": question, "label": float(label)})
     held_out = held_out_count(len(rows), config.eval_fraction)
     if len(rows) - held_out < 1:
-        raise io.DataError(f"input {config.input} holds {len(rows)} rows: too few to train on with eval_fraction {config.eval_fraction}")
+        raise io.DataError(
+            f"input {config.input} holds {len(rows)} rows: too few to train on with eval_fraction "
+            f"{config.eval_fraction}"
+        )
     return rows
 
 
@@ -100,7 +116,13 @@ def regression_metrics(eval_prediction) -> dict[str, float | None]:
 def build_regression_trainer(config: DifficultyTrainConfig):
     """A transformers Trainer for a 1-output regression head, with the held-out split as its eval set."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     class RegressionTrainer(Trainer):
         """Scores the held-out split once training ends, so its MSE and Spearman land in the log history."""
@@ -116,7 +138,10 @@ def build_regression_trainer(config: DifficultyTrainConfig):
     prepare_tokenizer(tokenizer)
     bf16 = default_bf16(config)
     model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=1, problem_type="regression", trust_remote_code=config.trust_remote_code,
+        source,
+        num_labels=1,
+        problem_type="regression",
+        trust_remote_code=config.trust_remote_code,
         # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
         dtype="bfloat16" if bf16 else "float32",
     )
@@ -133,7 +158,9 @@ def build_regression_trainer(config: DifficultyTrainConfig):
         return Dataset.from_dict({**encoded, "labels": [r["label"] for r in rows]})
 
     train, held_out = split_rows(read_labelled(config), config.eval_fraction, config.seed)
-    args = trainer_arguments(config, TrainingArguments, per_device_eval_batch_size=config.batch_size, eval_strategy="no")
+    args = trainer_arguments(
+        config, TrainingArguments, per_device_eval_batch_size=config.batch_size, eval_strategy="no"
+    )
     return RegressionTrainer(
         model=model,
         args=args,
@@ -159,8 +186,13 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
         resolve_model(config.model, config.revision)
         labels = {row["label"] for row in read_labelled(config)}
         if len(labels) == 1:  # e.g. a small solver that fails every question: nothing to rank by
-            log.warning("%s: every row of %s has %s = %g; the regressor can only learn a constant", config.stage,
-                        config.input, config.label_field, labels.pop())
+            log.warning(
+                "%s: every row of %s has %s = %g; the regressor can only learn a constant",
+                config.stage,
+                config.input,
+                config.label_field,
+                labels.pop(),
+            )
 
     manifest = run_training(config, lambda: build_regression_trainer(config), force=force, check=check)
     if manifest and "held_out" not in manifest:
@@ -171,5 +203,3 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
         manifest["held_out"] = {"rows": rows, "mse": scores.get("eval_mse"), "spearman": scores.get("eval_spearman")}
         io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
     return manifest
-
-

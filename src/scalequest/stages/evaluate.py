@@ -32,20 +32,30 @@ class EvaluateConfig(ShardedStageConfig):
 
     benchmarks: list[str] = Field(
         ["gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard"],
-        description="Benchmarks to run (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, amc23).",
+        description="Benchmarks to run (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, "
+        "amc23).",
     )
     data_dir: Path | None = Field(
-        None, description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); else the Hub."
+        None,
+        description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); "
+        "else the Hub.",
     )
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions of each benchmark (quick runs).")
+    limit: int | None = Field(
+        None, ge=1, description="Evaluate only the first N questions of each benchmark (quick runs)."
+    )
     engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The model to evaluate.")
     sampling: EvaluationSampling = Field(
-        default_factory=EvaluationSampling, description="Decoding; greedy by default. Set sampling.n=k with a temperature for a majority vote."
+        default_factory=EvaluationSampling,
+        description="Decoding; greedy by default. Set sampling.n=k with a temperature for a majority vote.",
     )
     prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto", description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat when the tokenizer has a template."
+        "auto",
+        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
+        "when the tokenizer has a template.",
     )
-    grading_timeout: float = Field(5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong.")
+    grading_timeout: float = Field(
+        5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong."
+    )
     grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
 
@@ -85,7 +95,9 @@ class Evaluate(RowStage):
 
         if not hasattr(self, "_questions"):
             self._questions = [
-                row for name in self.config.benchmarks for row in load_benchmark(name, self.config.data_dir, self.config.limit)
+                row
+                for name in self.config.benchmarks
+                for row in load_benchmark(name, self.config.data_dir, self.config.limit)
             ]
         return self._questions
 
@@ -136,7 +148,11 @@ class Evaluate(RowStage):
                     "question": row["question"],
                     "prompt": self.prompt(row["question"]),
                     "response": completions[0].text if completions else None,
-                    **({"responses": [c.text for c in completions], "sample_answers": answers} if sampling.n > 1 else {}),
+                    **(
+                        {"responses": [c.text for c in completions], "sample_answers": answers}
+                        if sampling.n > 1
+                        else {}
+                    ),
                     "extracted_answer": predicted,
                     "gold": row["gold"],
                     "response_tokens": sum(c.completion_tokens for c in completions) / max(len(completions), 1),
@@ -185,13 +201,27 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> list[dict]:
             }
         )
     if len(table) > 1:
-        table.append({"benchmark": "average", "n": sum(t["n"] for t in table),
-                      "accuracy": round(sum(t["accuracy"] for t in table) / len(table), 2)})
+        table.append(
+            {
+                "benchmark": "average",
+                "n": sum(t["n"] for t in table),
+                "accuracy": round(sum(t["accuracy"] for t in table) / len(table), 2),
+            }
+        )
     return table
 
 
 def markdown_table(summary: list[dict]) -> str:
-    columns = ["benchmark", "n", "accuracy", "mean_response_tokens", "seconds", "no_answer", "grading_timeouts", "source"]
+    columns = [
+        "benchmark",
+        "n",
+        "accuracy",
+        "mean_response_tokens",
+        "seconds",
+        "no_answer",
+        "grading_timeouts",
+        "source",
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for entry in summary:
         lines.append("| " + " | ".join(str(entry.get(c, "")) for c in columns) + " |")

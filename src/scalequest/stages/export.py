@@ -73,12 +73,16 @@ class ExportConfig(RowStageConfig):
         description="Provenance columns exported after query and response, each only when some row has it.",
     )
     stage_folders: list[Path] | None = Field(
-        None, description="Earlier stage output folders to describe in the card, upstream first; default: follow each manifest's input back from `input`."
+        None,
+        description="Earlier stage output folders to describe in the card, upstream first; default: follow each "
+        "manifest's input back from `input`.",
     )
     name: str = Field("ScaleQuest synthetic math dataset", description="Dataset title on the card.")
     card_samples: int = Field(3, ge=0, description="Rows shown on the card.")
     push_to_hub: str | None = Field(
-        None, description="Also upload the card and Parquet files to this Hub dataset repo (user/name); needs a login or HF_TOKEN."
+        None,
+        description="Also upload the card and Parquet files to this Hub dataset repo (user/name); needs a login or "
+        "HF_TOKEN.",
     )
     private: bool = Field(False, description="Create the Hub repo as private (with push_to_hub).")
     shard_size: int = Field(50000, ge=1, description="Rows per JSONL shard and Parquet file.")
@@ -118,7 +122,8 @@ def upstream_references(config: Any) -> Iterator[str]:
 
 
 def finished_manifest(folder: Path) -> dict:
-    """The manifest of an earlier stage's folder; a folder with config.yaml but no manifest is a stage that did not finish."""
+    """The manifest of an earlier stage's folder; a folder with config.yaml but no manifest is a stage that did not
+    finish."""
     manifest = io.read_manifest(folder)
     if manifest is not None:
         return manifest
@@ -157,7 +162,13 @@ def lineage(start: Path | None) -> list[tuple[Path, dict]]:
 
 
 def size_category(rows: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if rows < limit:
             return name
     return "10M<n<100M"
@@ -185,7 +196,8 @@ def funnel_table(stages: list[tuple[Path, dict]]) -> str:
             rows_out = f"model, {manifest['steps']} steps"
         lines.append(
             f"| {manifest.get('stage')} | `{folder.name}` | {rows_in} | {rows_out} | {dropped} | "
-            f"{fmt(manifest.get('tokens_in'))} | {fmt(manifest.get('tokens_out'))} | {fmt(manifest.get('wall_seconds'))} |"
+            f"{fmt(manifest.get('tokens_in'))} | {fmt(manifest.get('tokens_out'))} | "
+            f"{fmt(manifest.get('wall_seconds'))} |"
         )
     return "\n".join(lines)
 
@@ -204,10 +216,15 @@ def models_used(stages: list[tuple[Path, dict]]) -> list[str]:
 
 
 def shorten(row: dict, limit: int = 1500) -> dict:
-    return {key: (value[:limit] + " [...]" if isinstance(value, str) and len(value) > limit else value) for key, value in row.items()}
+    return {
+        key: (value[:limit] + " [...]" if isinstance(value, str) and len(value) > limit else value)
+        for key, value in row.items()
+    }
 
 
-def card_text(config: ExportConfig, stages: list[tuple[Path, dict]], own: dict, columns: list[str], samples: list[dict]) -> str:
+def card_text(
+    config: ExportConfig, stages: list[tuple[Path, dict]], own: dict, columns: list[str], samples: list[dict]
+) -> str:
     """The README: Hub metadata as YAML front matter, then how to load, columns, funnel, models, configs, samples."""
     from huggingface_hub import DatasetCardData
 
@@ -223,7 +240,9 @@ def card_text(config: ExportConfig, stages: list[tuple[Path, dict]], own: dict, 
     resolved = [{"stage": m.get("stage"), "folder": str(folder), "config": m.get("config")} for folder, m in stages]
     resolved.append({"stage": config.stage, "folder": str(config.output), "config": config.model_dump(mode="json")})
     column_lines = "\n".join(f"| `{name}` | {COLUMN_MEANINGS.get(name, '')} |" for name in columns)
-    sample_blocks = "\n\n".join("```json\n" + json.dumps(shorten(row), indent=2, ensure_ascii=False) + "\n```" for row in samples)
+    sample_blocks = "\n\n".join(
+        "```json\n" + json.dumps(shorten(row), indent=2, ensure_ascii=False) + "\n```" for row in samples
+    )
     sections = [
         f"# {config.name}",
         f"{rows:,} math questions with step-by-step solutions, synthesized from scratch by the ScaleQuest method "
@@ -235,12 +254,14 @@ def card_text(config: ExportConfig, stages: list[tuple[Path, dict]], own: dict, 
         '# the same rows as JSONL: load_dataset("json", data_files="shard-*.jsonl", split="train")\n```',
         f"## Columns\n\n| column | meaning |\n|---|---|\n{column_lines}",
         "## How it was made\n\nEvery stage of the pipeline, upstream first: rows in and out, what was removed and why, "
-        "tokens read and written by its models, and processing time.\n\n" + funnel_table(stages + [(config.output, own)]),
+        "tokens read and written by its models, and processing time.\n\n"
+        + funnel_table(stages + [(config.output, own)]),
         "## Models\n\n" + ("\n".join(models_used(stages)) or "None recorded."),
-        "## Pipeline configuration\n\nThe resolved config of every stage, as each saved it in its config.yaml.\n\n```yaml\n"
-        + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True) + "```",
+        "## Pipeline configuration\n\nThe resolved config of every stage, as each saved it in its "
+        "config.yaml.\n\n```yaml\n" + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True) + "```",
         "## Sample rows\n\n" + (sample_blocks or "None."),
-        "## License\n\nThe questions and responses were written by the models named above; check their licenses before use.",
+        "## License\n\nThe questions and responses were written by the models named above; check their licenses "
+        "before use.",
     ]
     return f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
 
@@ -283,7 +304,11 @@ class Export(RowStage):
         non-null value. `datasets.load_dataset("json")` takes the column types from the start of the first file
         and fails on a later file whose column it saw only as null (a difficulty score that only some rows have)."""
         leading = set(self.leading)
-        front = [row for position, row in enumerate(io.read_rows(self.config.input)) if position in leading] if leading else []
+        front = (
+            [row for position, row in enumerate(io.read_rows(self.config.input)) if position in leading]
+            if leading
+            else []
+        )
         batch, index = front, 0
         for position, row in enumerate(io.read_rows(self.config.input)):
             if position in leading:
@@ -315,7 +340,13 @@ class Export(RowStage):
                 break
             samples.append(row)
         # This stage's own funnel line, from its shard stats (its manifest is written after finalize).
-        own: dict[str, Any] = {"stage": self.config.stage, "rows_in": 0, "rows_out": rows, "dropped": {}, "wall_seconds": 0.0}
+        own: dict[str, Any] = {
+            "stage": self.config.stage,
+            "rows_in": 0,
+            "rows_out": rows,
+            "dropped": {},
+            "wall_seconds": 0.0,
+        }
         for path in finished_stats(out):
             stats = json.loads(path.read_text())
             own["rows_in"] += stats["rows_in"]

@@ -38,15 +38,19 @@ from scalequest import io, runner
 from scalequest.config import ConfigError, RowStageConfig, Section
 from scalequest.models import ModelError
 from scalequest.stage import RowStage, Shard, ShardResult
+from scalequest.stages.difficulty_label import BUCKETS, Bucket, bucket_of, histogram
+from scalequest.stages.difficulty_train import prepare_tokenizer
 from scalequest.scorers.sequence_classification import (
-    architectures, head_outputs, load_classifier, read_model_config, score_texts, use_padding,
+    architectures,
+    head_outputs,
+    load_classifier,
+    read_model_config,
+    score_texts,
+    use_padding,
 )
 
 log = logging.getLogger(__name__)
 
-
-from scalequest.stages.difficulty_label import BUCKETS, Bucket, bucket_of, histogram
-from scalequest.stages.difficulty_train import prepare_tokenizer
 
 def check_regressor(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
     """The regressor's location, after checking it is a 1-output sequence-classification model."""
@@ -76,13 +80,24 @@ class ScoreDifficultyConfig(RowStageConfig):
     # Batching changes throughput, not the scores worth redoing.
     runtime_fields: ClassVar[set[str]] = RowStageConfig.runtime_fields | {"batch_size"}
 
-    regressor: str = Field(..., description="The difficulty regressor: a difficulty-train output folder (or any 1-output sequence-classification model).")
-    regressor_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the regressor is a Hub id.")
+    regressor: str = Field(
+        ...,
+        description="The difficulty regressor: a difficulty-train output folder (or any 1-output "
+        "sequence-classification model).",
+    )
+    regressor_revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) when the regressor is a Hub id."
+    )
     field: str = Field("question", description="Row field holding the question text.")
     batch_size: int | None = Field(
-        None, ge=1, description=f"Questions per forward pass, sorted by length; default {GPU_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU."
+        None,
+        ge=1,
+        description=f"Questions per forward pass, sorted by length; default {GPU_BATCH_SIZE} on CUDA, "
+        f"{CPU_BATCH_SIZE} on CPU.",
     )
-    max_length: int = Field(512, ge=8, description="Longest tokenized question; longer ones are truncated (match difficulty-train).")
+    max_length: int = Field(
+        512, ge=8, description="Longest tokenized question; longer ones are truncated (match difficulty-train)."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
     )
@@ -116,8 +131,14 @@ class ScoreDifficulty(RowStage):
         source = check_regressor(config.regressor, config.trust_remote_code, config.regressor_revision)
         self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
         prepare_tokenizer(self.tokenizer)  # pad with EOS when there is no pad token, as difficulty-train does
-        self.model = load_classifier(source, config.regressor, what="regressor", device=config.device,
-                                     dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+        self.model = load_classifier(
+            source,
+            config.regressor,
+            what="regressor",
+            device=config.device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+        )
         self.batch_size = config.batch_size or (GPU_BATCH_SIZE if self.model.device.type == "cuda" else CPU_BATCH_SIZE)
         if not use_padding(self.model, self.tokenizer):  # neither a pad nor an EOS token to pad with
             self.batch_size = 1
@@ -131,7 +152,9 @@ class ScoreDifficulty(RowStage):
                 rows.append(row)
             else:
                 result.remove(row, "empty")
-        scores = score_questions(self.model, self.tokenizer, [r[field] for r in rows], self.batch_size, self.config.max_length)
+        scores = score_questions(
+            self.model, self.tokenizer, [r[field] for r in rows], self.batch_size, self.config.max_length
+        )
         result.rows = [{**row, "difficulty": score} for row, score in zip(rows, scores)]
         return result
 
@@ -146,13 +169,19 @@ class ScoreDifficulty(RowStage):
 class DifficultyRule(Section):
     """At most one of threshold, bottom_fraction, target_shares; none of them keeps every question."""
 
-    threshold: float | None = Field(None, description="Drop questions scored below this (scores are predicted fail rates: 0 = always solved).")
+    threshold: float | None = Field(
+        None, description="Drop questions scored below this (scores are predicted fail rates: 0 = always solved)."
+    )
     bottom_fraction: float | None = Field(
-        None, ge=0, lt=1, description="Drop this share of the easiest questions: floor(share x count), ties by input order."
+        None,
+        ge=0,
+        lt=1,
+        description="Drop this share of the easiest questions: floor(share x count), ties by input order.",
     )
     target_shares: dict[Bucket, float] | None = Field(
         None,
-        description="Share of the kept questions per bucket (very_easy, easy, medium, hard, very_hard; unnamed = 0; sum 1): "
+        description="Share of the kept questions per bucket (very_easy, easy, medium, hard, very_hard; unnamed = 0; "
+        "sum 1): "
         "keeps as many questions as fit these shares, sampled at random within a bucket.",
     )
 
@@ -215,15 +244,22 @@ class FilterDifficultyConfig(ScoreDifficultyConfig):
 
     default_rule: DifficultyRule = Field(
         default_factory=lambda: DifficultyRule(bottom_fraction=0.1),
-        description="Rule for generators not named in generator_rules (ours: drop the easiest 10%; the paper removed 9.2% overall). {} keeps all.",
+        description="Rule for generators not named in generator_rules (ours: drop the easiest 10%; the paper removed "
+        "9.2% overall). {} keeps all.",
     )
     generator_rules: dict[str, DifficultyRule] = Field(
-        default_factory=dict, description="Generator (the rows' generator field) -> its rule; the paper filtered only one generator's questions."
+        default_factory=dict,
+        description="Generator (the rows' generator field) -> its rule; the paper filtered only one generator's "
+        "questions.",
     )
-    generator_field: str = Field("generator", description="Row field naming the model that wrote the question; rows without it use default_rule.")
+    generator_field: str = Field(
+        "generator", description="Row field naming the model that wrote the question; rows without it use default_rule."
+    )
     seed: int = Field(0, description="Seed of the random sampling within buckets (target_shares).")
     scores_dir: Path | None = Field(
-        None, description="Where the scored rows go (a score-difficulty output); default OUTPUT/scores. Outside OUTPUT, a rule change with --force reuses the scores."
+        None,
+        description="Where the scored rows go (a score-difficulty output); default OUTPUT/scores. Outside OUTPUT, a "
+        "rule change with --force reuses the scores.",
     )
 
     def scoring_config(self) -> ScoreDifficultyConfig:
@@ -259,12 +295,18 @@ class FilterDifficulty(RowStage):
         # --force redoes the scores only when they came from another regressor, input or scoring setup.
         fingerprint = io.input_fingerprint(config.input)
         saved = io.read_manifest(scoring.output) if scoring.output.is_dir() else None
-        reusable = saved is not None and saved.get("config_hash") == scoring.config_hash() and saved.get("input_fingerprint") == fingerprint
+        reusable = (
+            saved is not None
+            and saved.get("config_hash") == scoring.config_hash()
+            and saved.get("input_fingerprint") == fingerprint
+        )
         self.scoring = ScoreDifficulty.run(scoring, force=self.force and not reusable)
         self.scores_dir = scoring.output
         by_generator: dict[str, list[tuple[str, float]]] = {}
         for row in io.read_rows(scoring.output):
-            by_generator.setdefault(str(row.get(config.generator_field) or ""), []).append((row["id"], row["difficulty"]))
+            by_generator.setdefault(str(row.get(config.generator_field) or ""), []).append(
+                (row["id"], row["difficulty"])
+            )
         self.dropped: dict[str, str] = {}
         self.summary: dict[str, dict] = {}
         for generator, scored in by_generator.items():
@@ -288,7 +330,9 @@ class FilterDifficulty(RowStage):
             reason = self.dropped.get(row["id"])
             if reason:
                 rule = self.config.generator_rules.get(row.get(self.config.generator_field), self.config.default_rule)
-                result.remove(row, reason, {"difficulty": row["difficulty"], "rule": rule.model_dump(exclude_none=True)})
+                result.remove(
+                    row, reason, {"difficulty": row["difficulty"], "rule": rule.model_dump(exclude_none=True)}
+                )
             else:
                 result.rows.append(row)
         return result

@@ -18,7 +18,9 @@ class FilterLanguageConfig(RowStageConfig):
 
     field: str = Field("question", description="Row field holding the question text.")
     ascii_only: bool = Field(True, description="Drop questions with any non-ASCII character (the official rule).")
-    deduplicate: bool = Field(True, description="Drop exact duplicates after whitespace and case normalisation; the first occurrence stays.")
+    deduplicate: bool = Field(
+        True, description="Drop exact duplicates after whitespace and case normalisation; the first occurrence stays."
+    )
 
 
 def normalized_key(text: str) -> bytes:

@@ -30,7 +30,8 @@ Question:
 
 Decide two things.
 1. Is this a mathematics problem (rather than a request for an essay, code, advice or a chat)?
-2. Can it be answered from the information it gives, and only that? Try to solve it: check that every quantity you need is stated, that its conditions do not contradict each other, and that it asks for one definite thing.
+2. Can it be answered from the information it gives, and only that? Try to solve it: check that every quantity you \
+need is stated, that its conditions do not contradict each other, and that it asks for one definite thing.
 
 Explain your reasoning briefly. Then write your verdict alone on the last line: Yes if both hold, No if either fails."""
 
@@ -45,14 +46,20 @@ class FilterSolvabilityConfig(RowStageConfig):
     stage = "filter-solvability"
 
     field: str = Field("question", description="Row field holding the question text.")
-    engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The judge model (paper: Qwen2-Math-7B-Instruct).")
+    engine: EngineConfig = Field(
+        default_factory=HFEngineConfig, description="The judge model (paper: Qwen2-Math-7B-Instruct)."
+    )
     sampling: JudgeSampling = Field(
         default_factory=JudgeSampling, description="Judge decoding (paper: greedy, up to 2048 new tokens)."
     )
     prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto", description="chat = the prompt as a user message through the chat template; plain = raw text (base models); auto = chat when the tokenizer has a template."
+        "auto",
+        description="chat = the prompt as a user message through the chat template; plain = raw text (base models); "
+        "auto = chat when the tokenizer has a template.",
     )
-    keep_undecided: bool = Field(False, description="Keep questions whose judge output ends without a Yes or No (they are always counted).")
+    keep_undecided: bool = Field(
+        False, description="Keep questions whose judge output ends without a Yes or No (they are always counted)."
+    )
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
 
 
@@ -103,8 +110,6 @@ def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
 
 def judge_prompt(question: str) -> str:
     return JUDGE_PROMPT.format(question=question.strip())
-
-
 
 
 # --------------------------------------------------------------------------------------------------

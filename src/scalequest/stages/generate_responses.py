@@ -28,7 +28,15 @@ ResponseSampling = sampling_config("ResponseSampling", temperature=0.7, top_p=0.
 # Fields of a question row not copied into its response rows: how *that question* was generated (a response
 # row has its own), and the solvability judge's whole output, which would be repeated n times (it stays in
 # filter-solvability's output; its verdict is copied).
-QUESTION_BOOKKEEPING = {"id", "prompt", "prompt_tokens", "completion_tokens", "finish_reason", "sampling", "solvability_judgement"}
+QUESTION_BOOKKEEPING = {
+    "id",
+    "prompt",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "sampling",
+    "solvability_judgement",
+}
 
 
 class GenerateResponsesConfig(RowStageConfig):
@@ -45,18 +53,18 @@ class GenerateResponsesConfig(RowStageConfig):
     )
     prompt_format: Literal["auto", "chat", "plain"] = Field(
         "auto",
-        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat when the tokenizer has a template.",
+        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
+        "when the tokenizer has a template.",
     )
     question_field: str = Field("question", description="Input field holding the question text.")
     carry_fields: list[str] | None = Field(
         None,
-        description="Question-row fields copied into every response row; default: all but the question's own generation bookkeeping (prompt, token counts, sampling) and the solvability judge's full output.",
+        description="Question-row fields copied into every response row; default: all but the question's own "
+        "generation bookkeeping (prompt, token counts, sampling) and the solvability judge's full output.",
     )
-    shard_size: int = Field(1000, ge=1, description="Questions per shard (each gives up to n response rows); the unit of resume.")
-
-
-
-
+    shard_size: int = Field(
+        1000, ge=1, description="Questions per shard (each gives up to n response rows); the unit of resume."
+    )
 
 
 class GenerateResponses(RowStage):

@@ -28,7 +28,14 @@ from scalequest import io
 from scalequest.config import DataSource
 from scalequest.models import resolve_model
 from scalequest.runner import prepare_output
-from scalequest.training import TrainingOptions, default_bf16, finish_training, peft_config, save_model, trainer_arguments
+from scalequest.training import (
+    TrainingOptions,
+    default_bf16,
+    finish_training,
+    peft_config,
+    save_model,
+    trainer_arguments,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -42,6 +49,7 @@ PAPER_SOURCES = [
     DataSource(hub="DigitalLearningGmbH/MATH-lighteval", split="train", fields={"question": "problem"}),
 ]
 
+
 class QFTConfig(TrainingOptions):
     """Question fine-tuning: train a chat model to write a question from only the pre-query prefix (TRL SFTTrainer)."""
 
@@ -54,13 +62,24 @@ class QFTConfig(TrainingOptions):
         description="Data sources whose `question` field is read (rename with fields: {question: problem}); "
         "default: GSM8K train + MATH train from the Hub (the paper's ~15K).",
     )
-    max_questions: int | None = Field(None, ge=1, description="Train on the first N questions after shuffling with `seed` (default: all).")
-    system_prompt: str | None = Field(None, description="System turn in the prefix; must match what question generation will use (default: none).")
+    max_questions: int | None = Field(
+        None, ge=1, description="Train on the first N questions after shuffling with `seed` (default: all)."
+    )
+    system_prompt: str | None = Field(
+        None, description="System turn in the prefix; must match what question generation will use (default: none)."
+    )
     epochs: float = Field(1.0, gt=0, description="Passes over the questions (paper: 1).")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up linearly (paper code: 3%).")
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Share of steps spent warming up linearly (paper code: 3%)."
+    )
     batch_size: int = Field(8, ge=1, description="Questions per device per step.")
-    max_length: int = Field(256, ge=8, description="Longest training text in tokens (paper code: 256); longer questions are skipped, not cut, so every example ends with its end-of-turn.")
+    max_length: int = Field(
+        256,
+        ge=8,
+        description="Longest training text in tokens (paper code: 256); longer questions are skipped, not cut, so "
+        "every example ends with its end-of-turn.",
+    )
 
 
 def read_source(source: DataSource, skipped: Counter) -> list[str]:
@@ -94,7 +113,11 @@ def collect_questions(config: QFTConfig) -> tuple[list[str], dict]:
     random.Random(config.seed).shuffle(questions)
     if config.max_questions is not None:
         if config.max_questions > len(questions):
-            log.warning("qft: asked for %d questions but the sources hold %d; training on all of them", config.max_questions, len(questions))
+            log.warning(
+                "qft: asked for %d questions but the sources hold %d; training on all of them",
+                config.max_questions,
+                len(questions),
+            )
         questions = questions[: config.max_questions]
     return questions, {"questions_per_source": per_source, "skipped": dict(skipped)}
 
@@ -121,7 +144,9 @@ def split_tokens(tokenizer, prompt: str, completions: list[str]) -> tuple[list[i
     return prompt_ids, tails
 
 
-def build_dataset(questions: list[str], tokenizer, prefix: str, end: str, max_length: int) -> tuple["datasets.Dataset", int]:
+def build_dataset(
+    questions: list[str], tokenizer, prefix: str, end: str, max_length: int
+) -> tuple["datasets.Dataset", int]:
     """Token ids of prefix + question + end-of-turn with a mask that is 1 on the question and end-of-turn only.
 
     Returns the dataset and how many questions were skipped for not fitting in `max_length`.
@@ -135,7 +160,12 @@ def build_dataset(questions: list[str], tokenizer, prefix: str, end: str, max_le
         if len(prompt_ids) + len(completion_ids) > max_length:
             too_long += 1
             continue
-        examples.append({"input_ids": prompt_ids + completion_ids, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)})
+        examples.append(
+            {
+                "input_ids": prompt_ids + completion_ids,
+                "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+            }
+        )
     return Dataset.from_list(examples), too_long
 
 
@@ -171,9 +201,16 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         raise io.DataError(f"model {config.model}: {err}") from None
     dataset, too_long = build_dataset(questions, tokenizer, prefix, end, config.max_length)
     if too_long:
-        log.warning("qft: skipped %d of %d questions longer than max_length=%d tokens", too_long, len(questions), config.max_length)
+        log.warning(
+            "qft: skipped %d of %d questions longer than max_length=%d tokens",
+            too_long,
+            len(questions),
+            config.max_length,
+        )
     if len(dataset) == 0:
-        raise io.DataError(f"no question fits in max_length={config.max_length} tokens together with the prefix; raise max_length")
+        raise io.DataError(
+            f"no question fits in max_length={config.max_length} tokens together with the prefix; raise max_length"
+        )
     fingerprint = questions_fingerprint(questions)
 
     state = PartialState()
@@ -192,7 +229,9 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
         model_init_kwargs={"trust_remote_code": config.trust_remote_code, "dtype": "bfloat16" if bf16 else "float32"},
     )
-    trainer = SFTTrainer(model=source, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(config))
+    trainer = SFTTrainer(
+        model=source, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(config)
+    )
     checkpoints = config.output / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
@@ -201,13 +240,19 @@ def run(config: QFTConfig, force: bool = False) -> dict:
     save_model(trainer, config)
     if not state.is_main_process:
         return {}
-    return finish_training(config, trainer, result, started, {
-        "input": [str(s) for s in config.sources],
-        "input_fingerprint": fingerprint,
-        "rows_in": len(questions),
-        "rows_out": len(dataset),
-        "dropped": {**summary["skipped"], **({"too_long": too_long} if too_long else {})},
-        "questions_per_source": summary["questions_per_source"],
-        "pre_query_prefix": prefix,
-        "end_of_turn": end,
-    })
+    return finish_training(
+        config,
+        trainer,
+        result,
+        started,
+        {
+            "input": [str(s) for s in config.sources],
+            "input_fingerprint": fingerprint,
+            "rows_in": len(questions),
+            "rows_out": len(dataset),
+            "dropped": {**summary["skipped"], **({"too_long": too_long} if too_long else {})},
+            "questions_per_source": summary["questions_per_source"],
+            "pre_query_prefix": prefix,
+            "end_of_turn": end,
+        },
+    )

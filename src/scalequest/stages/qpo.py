@@ -31,7 +31,8 @@ PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
 
 class QPOConfig(TrainingConfig):
-    """Question preference optimization: DPO (TRL DPOTrainer) of the QFT model on qpo-data pairs; the QFT model is the reference."""
+    """Question preference optimization: DPO (TRL DPOTrainer) of the QFT model on qpo-data pairs, the QFT model as
+    the reference."""
 
     stage = "qpo"
     arguments_class = "trl:DPOConfig"
@@ -39,17 +40,29 @@ class QPOConfig(TrainingConfig):
     model: str = Field("embedded", description="The QFT model to align; it is also the frozen DPO reference.")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs (paper: 1).")
     learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate (paper: 5e-7).")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up; use either this or warmup_steps.")
-    warmup_steps: int = Field(20, ge=0, description="Optimizer steps spent warming up linearly (paper code: 20); 0 to use warmup_ratio.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of steps spent warming up; use either this or warmup_steps."
+    )
+    warmup_steps: int = Field(
+        20, ge=0, description="Optimizer steps spent warming up linearly (paper code: 20); 0 to use warmup_ratio."
+    )
     batch_size: int = Field(8, ge=1, description="Pairs per device per step.")
     gradient_accumulation_steps: int = Field(
-        16, ge=1, description="Steps accumulated per update; effective batch = batch_size x this x devices (paper: 128)."
+        16,
+        ge=1,
+        description="Steps accumulated per update; effective batch = batch_size x this x devices (paper: 128).",
     )
-    max_length: int = Field(1024, ge=8, description="Longest prompt + question in tokens (paper code: 1024); longer pairs are cut by TRL.")
-    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference (paper code: 0.1).")
+    max_length: int = Field(
+        1024, ge=8, description="Longest prompt + question in tokens (paper code: 1024); longer pairs are cut by TRL."
+    )
+    beta: float = Field(
+        0.1, gt=0, description="DPO beta: how far the policy may move from the reference (paper code: 0.1)."
+    )
     loss_type: str = Field("sigmoid", description="TRL DPO loss (paper: sigmoid, the original DPO loss).")
     precompute_reference: bool = Field(
-        False, description="Compute the reference log-probs once before training, so the reference model need not stay in memory."
+        False,
+        description="Compute the reference log-probs once before training, so the reference model need not stay in "
+        "memory.",
     )
 
     @model_validator(mode="after")
@@ -83,7 +96,10 @@ def build_dataset(pairs: list[dict], end: str):
     from datasets import Dataset
 
     return Dataset.from_list(
-        [{"prompt": p["prompt"], "chosen": p["chosen"].strip() + end, "rejected": p["rejected"].strip() + end} for p in pairs]
+        [
+            {"prompt": p["prompt"], "chosen": p["chosen"].strip() + end, "rejected": p["rejected"].strip() + end}
+            for p in pairs
+        ]
     )
 
 
@@ -96,7 +112,9 @@ def question_dpo_trainer_class():
             tokenizer = self._tokenizer
 
             def tokenize(example: dict) -> dict:
-                prompt_ids, (chosen_ids, rejected_ids) = split_tokens(tokenizer, example["prompt"], [example["chosen"], example["rejected"]])
+                prompt_ids, (chosen_ids, rejected_ids) = split_tokens(
+                    tokenizer, example["prompt"], [example["chosen"], example["rejected"]]
+                )
                 return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
 
             dataset = dataset.map(tokenize, remove_columns=dataset.column_names)
@@ -121,9 +139,13 @@ def run(config: QPOConfig, force: bool = False) -> dict:
         loaded["source"] = resolve_model(config.model, config.revision)
         found, skipped = read_pairs(config.input)
         if skipped:
-            log.warning("qpo: skipped %s of %d rows in %s", dict(skipped), len(found) + sum(skipped.values()), config.input)
+            log.warning(
+                "qpo: skipped %s of %d rows in %s", dict(skipped), len(found) + sum(skipped.values()), config.input
+            )
         pairs.extend(found)
-        loaded["tokenizer"] = AutoTokenizer.from_pretrained(loaded["source"], trust_remote_code=config.trust_remote_code)
+        loaded["tokenizer"] = AutoTokenizer.from_pretrained(
+            loaded["source"], trust_remote_code=config.trust_remote_code
+        )
         try:
             loaded["end"] = end_of_turn(loaded["tokenizer"])
         except ValueError as err:
@@ -141,7 +163,10 @@ def run(config: QPOConfig, force: bool = False) -> dict:
             max_length=config.max_length,
             precompute_ref_log_probs=config.precompute_reference,
             # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
-            model_init_kwargs={"trust_remote_code": config.trust_remote_code, "dtype": "bfloat16" if default_bf16(config) else "float32"},
+            model_init_kwargs={
+                "trust_remote_code": config.trust_remote_code,
+                "dtype": "bfloat16" if default_bf16(config) else "float32",
+            },
         )
         return question_dpo_trainer_class()(
             model=loaded["source"],

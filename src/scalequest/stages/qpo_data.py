@@ -35,30 +35,42 @@ OptimizerSampling = sampling_config("OptimizerSampling", temperature=0.0, top_p=
 
 
 class QPODataConfig(ShardedStageConfig):
-    """Build QPO preference pairs: sample questions from the QFT model, rewrite each toward solvability or difficulty."""
+    """Build QPO preference pairs: sample questions from the QFT model, rewrite each toward solvability or
+    difficulty."""
 
     stage = "qpo-data"
 
     num: int = Field(10000, ge=0, description="Questions to sample and rewrite (paper: 10K).")
-    generator: EngineConfig = Field(default_factory=HFEngineConfig, description="The question generator: the QFT model.")
-    sampling: QuestionSampling = Field(
-        default_factory=QuestionSampling, description="Question sampling (as generate-questions: temperature 1.0, top_p 0.99, 512 new tokens)."
+    generator: EngineConfig = Field(
+        default_factory=HFEngineConfig, description="The question generator: the QFT model."
     )
-    system_prompt: str | None = Field(None, description="System turn in the prefix; must match what QFT trained with (default: none).")
-    pre_query_prefix: str | None = Field(None, description="Literal prompt text to use instead of the prefix derived from the chat template.")
+    sampling: QuestionSampling = Field(
+        default_factory=QuestionSampling,
+        description="Question sampling (as generate-questions: temperature 1.0, top_p 0.99, 512 new tokens).",
+    )
+    system_prompt: str | None = Field(
+        None, description="System turn in the prefix; must match what QFT trained with (default: none)."
+    )
+    pre_query_prefix: str | None = Field(
+        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
+    )
     optimizer: EngineConfig = Field(
-        default_factory=HFEngineConfig, description="The model that rewrites questions (paper: gpt-4o-mini through engine=openai)."
+        default_factory=HFEngineConfig,
+        description="The model that rewrites questions (paper: gpt-4o-mini through engine=openai).",
     )
     optimizer_sampling: OptimizerSampling = Field(
         default_factory=OptimizerSampling, description="Optimizer sampling (paper: temperature 0)."
     )
     optimizer_reply_prefix: str | None = Field(
         None,
-        description="Text the optimizer's reply is made to start with (a prefilled assistant turn), e.g. 'Final question:'; "
+        description="Text the optimizer's reply is made to start with (a prefilled assistant turn), e.g. 'Final "
+        "question:'; "
         "keeps small local optimizers to the format. hf and vllm engines only.",
     )
     directions: list[Literal["solvability", "difficulty"]] = Field(
-        default_factory=lambda: list(DIRECTIONS), min_length=1, description="Directions to choose from, one at random per question."
+        default_factory=lambda: list(DIRECTIONS),
+        min_length=1,
+        description="Directions to choose from, one at random per question.",
     )
     seed: int = Field(0, description="Seed of the direction chosen for each question.")
     max_rewrite_chars: int = Field(2000, ge=1, description="Drop rewrites longer than this many characters.")
@@ -116,8 +128,10 @@ class BuildQPOData(RowStage):
         if self.config.optimizer.engine != "openai":
             self.config.optimizer.model_path()
         elif self.config.optimizer_reply_prefix:
-            raise ConfigError("qpo-data: optimizer_reply_prefix needs a local optimizer engine (hf or vllm); "
-                              "OpenAI-compatible chat APIs do not continue a prefilled reply")
+            raise ConfigError(
+                "qpo-data: optimizer_reply_prefix needs a local optimizer engine (hf or vllm); "
+                "OpenAI-compatible chat APIs do not continue a prefilled reply"
+            )
 
     def count_input_rows(self) -> int:
         return self.config.num
@@ -176,7 +190,9 @@ class BuildQPOData(RowStage):
             result.counts["optimizer_tokens_out"] += completion.completion_tokens
             rewrite, reason = judge_rewrite(row["question"], reply, completion.finish_reason, config.max_rewrite_chars)
             if reason is not None:
-                result.remove(row, reason, {"direction": direction, "reply": reply, "finish_reason": completion.finish_reason})
+                result.remove(
+                    row, reason, {"direction": direction, "reply": reply, "finish_reason": completion.finish_reason}
+                )
                 continue
             result.counts[f"pairs_{direction}"] += 1
             result.rows.append(
@@ -207,4 +223,8 @@ class BuildQPOData(RowStage):
         self.optimizer.close()
 
     def finalize(self) -> dict:
-        return {"generator": self.config.generator.model, "optimizer": self.config.optimizer.model, "prompt": self.questions.prompt}
+        return {
+            "generator": self.config.generator.model,
+            "optimizer": self.config.optimizer.model,
+            "prompt": self.questions.prompt,
+        }

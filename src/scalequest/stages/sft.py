@@ -10,7 +10,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from scalequest.models import resolve_model
-from scalequest.training import TrainingConfig, default_bf16, peft_config, read_examples, run_training, trainer_arguments
+from scalequest.training import (
+    TrainingConfig,
+    default_bf16,
+    peft_config,
+    read_examples,
+    run_training,
+    trainer_arguments,
+)
 
 
 class SFTStageConfig(TrainingConfig):
@@ -20,7 +27,9 @@ class SFTStageConfig(TrainingConfig):
     arguments_class = "trl:SFTConfig"
 
     epochs: float = Field(3.0, gt=0, description="Passes over the data (paper: 3).")
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5; 5e-5 for Llama3 and DeepSeekMath bases).")
+    learning_rate: float = Field(
+        1e-5, gt=0, description="Peak learning rate (paper: 1e-5; 5e-5 for Llama3 and DeepSeekMath bases)."
+    )
     question_field: str = Field("query", description="Input field holding the question.")
     response_field: str = Field("response", description="Input field holding the response to learn.")
     packing: bool = Field(False, description="Pack several examples into each max_length sequence.")
@@ -37,8 +46,12 @@ def build_dataset(config: SFTStageConfig, tokenizer):
     for row in rows:
         question, response = row[config.question_field], row[config.response_field]
         if chat:
-            examples.append({"prompt": [{"role": "user", "content": question}],
-                             "completion": [{"role": "assistant", "content": response}]})
+            examples.append(
+                {
+                    "prompt": [{"role": "user", "content": question}],
+                    "completion": [{"role": "assistant", "content": response}],
+                }
+            )
         else:
             examples.append({"prompt": plain_solve_prompt(question), "completion": " " + response.strip()})
     return Dataset.from_list(examples)
@@ -59,7 +72,10 @@ def run(config: SFTStageConfig, force: bool = False) -> dict:
             packing=config.packing,
             completion_only_loss=True,
             # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
-            model_init_kwargs={"trust_remote_code": config.trust_remote_code, "dtype": "bfloat16" if args_bf16 else "float32"},
+            model_init_kwargs={
+                "trust_remote_code": config.trust_remote_code,
+                "dtype": "bfloat16" if args_bf16 else "float32",
+            },
         )
         return SFTTrainer(
             model=source,
