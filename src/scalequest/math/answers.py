@@ -145,7 +145,8 @@ _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _TRAILING_UNITS = re.compile(r"(?<=[\d.])\s+(?P<first>[A-Za-z]{2,})[A-Za-z./^{}\d]*(?:\s+[A-Za-z][A-Za-z./^{}\d]*)*$")
 _NOT_UNITS = {"pi", "sqrt", "mod", "times", "cdot", "over", "plus", "minus", "root"}
 _TIMES_TEN = re.compile(
-    r"^(?P<mantissa>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<exponent>[-+]?\d+)\s*\}?$"
+    r"^(?P<mantissa>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|x)"
+    r"\s*10\s*\^\s*\{?\s*(?P<exponent>[-+]?\d+)\s*\}?$"
 )
 _LATEX_FRACTION = re.compile(r"^(?P<sign>-?)\\frac\s*\{\s*(?P<num>\d+)\s*\}\s*\{\s*(?P<den>\d+)\s*\}$")
 
