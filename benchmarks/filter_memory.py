@@ -53,6 +53,7 @@ def write_input(folder: Path, rows: int, seed: int = 0) -> None:
 
 
 def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: int) -> None:
+    from scalequest.runner import run_row_stage
     from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
     # Import the executor first, so the growth below is the run's own, not Ray's or tqdm's code.
@@ -63,7 +64,7 @@ def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: in
         executor={"kind": executor, "num_workers": 1} if executor == "ray" else "local",
     )  # fmt: skip
     started = time.perf_counter()
-    manifest = FilterLanguage.run(config)
+    manifest = run_row_stage(FilterLanguage, config)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Pages of Ray's object store (shared memory) that this driver wrote count in its RSS too.

@@ -28,6 +28,7 @@ import re
 import time
 from pathlib import Path
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.stages import qft, qpo
 from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
@@ -79,7 +80,7 @@ def sample(name: str, model: str, work: Path, num: int, max_new_tokens: int, see
         sampling={"temperature": 1.0, "top_p": 0.99, "max_new_tokens": max_new_tokens, "seed": seed},
         progress=False,
     )
-    GenerateQuestions.run(config)
+    run_row_stage(GenerateQuestions, config)
     return io.load_rows(config.output)
 
 
@@ -102,7 +103,8 @@ def train_chain(work: Path, args: argparse.Namespace) -> dict[str, str]:
     models["qft"] = str(work / "qft")
     print(f"qft: {time.time() - started:.0f} s", flush=True)
     started = time.time()
-    pairs = BuildQPOData.run(
+    pairs = run_row_stage(
+        BuildQPOData,
         QPODataConfig(
             output=work / "qpo-data",
             num=args.qpo_questions,
@@ -113,7 +115,7 @@ def train_chain(work: Path, args: argparse.Namespace) -> dict[str, str]:
             optimizer_sampling={"max_new_tokens": 160},
             optimizer_reply_prefix="Final question:",
             progress=False,
-        )
+        ),
     )
     print(
         f"qpo-data: {time.time() - started:.0f} s, {pairs['rows_out']} pairs of {pairs['rows_in']}, dropped "

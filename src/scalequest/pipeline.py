@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from scalequest.runner import run_row_stage
+from scalequest.stage import RowStage
 from scalequest.config import ConfigError, Section, StageConfig, build_config, deep_merge, parse_overrides, read_yaml
 from scalequest.stages import qft, qpo, sft
 from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
@@ -48,7 +50,7 @@ class Stage:
 
     name: str  # the command, and the stage's output sub-folder in a pipeline
     config: type[StageConfig]
-    run: Callable[..., dict]  # run(config, force=False) -> manifest
+    runs: type[RowStage] | Callable[..., dict]  # a row-wise stage's class, or a training stage's run(config, force)
     kind: Literal["row-wise", "training"]
     phase: str  # row of the paper's Table 4 (scalequest cost)
     # Config fields a pipeline fills from earlier stages' outputs when its YAML leaves them unset:
@@ -56,6 +58,12 @@ class Stage:
     feeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
     writes_questions: bool = False  # its output rows are questions (the demo samples the last such stage)
     flags: tuple[str, ...] = ()  # config fields also offered as --FLAG on the command line
+
+    def run(self, config: StageConfig, force: bool = False) -> dict:
+        """Run the stage to completion (finished work is skipped) and return its manifest."""
+        if self.kind == "row-wise":
+            return run_row_stage(self.runs, config, force=force)
+        return self.runs(config, force=force)
 
 
 QUESTION_STAGES = ("filter-difficulty", "filter-solvability", "filter-language", "generate-questions")
@@ -66,12 +74,12 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
         Stage("qft", qft.QFTConfig, qft.run, "training", "Question fine-tuning (QFT)"),
-        Stage("qpo-data", QPODataConfig, BuildQPOData.run, "row-wise", QPO, {"generator.model": ("qft",)}),
+        Stage("qpo-data", QPODataConfig, BuildQPOData, "row-wise", QPO, {"generator.model": ("qft",)}),
         Stage("qpo", qpo.QPOConfig, qpo.run, "training", QPO, {"input": ("qpo-data",), "model": ("qft",)}),
         Stage(
             "generate-questions",
             GenerateQuestionsConfig,
-            GenerateQuestions.run,
+            GenerateQuestions,
             "row-wise",
             "Question generation",
             {"engine.model": ("qpo", "qft")},
@@ -80,7 +88,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "filter-language",
             FilterLanguageConfig,
-            FilterLanguage.run,
+            FilterLanguage,
             "row-wise",
             FILTERING,
             {"input": ("generate-questions",)},
@@ -89,13 +97,13 @@ STAGES: dict[str, Stage] = {
         Stage(
             "filter-solvability",
             FilterSolvabilityConfig,
-            FilterSolvability.run,
+            FilterSolvability,
             "row-wise",
             FILTERING,
             {"input": ("filter-language", "generate-questions")},
             writes_questions=True,
         ),
-        Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty.run, "row-wise", FILTERING),
+        Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty, "row-wise", FILTERING),
         Stage(
             "difficulty-train",
             DifficultyTrainConfig,
@@ -107,7 +115,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "filter-difficulty",
             FilterDifficultyConfig,
-            FilterDifficulty.run,
+            FilterDifficulty,
             "row-wise",
             FILTERING,
             {"input": QUESTION_STAGES[1:], "regressor": ("difficulty-train",)},
@@ -116,7 +124,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "generate-responses",
             GenerateResponsesConfig,
-            GenerateResponses.run,
+            GenerateResponses,
             "row-wise",
             "Response generation",
             {"input": QUESTION_STAGES},
@@ -124,7 +132,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "reward-select",
             RewardSelectConfig,
-            RewardSelect.run,
+            RewardSelect,
             "row-wise",
             "Reward scoring",
             {"input": ("generate-responses",)},
@@ -132,7 +140,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "decontaminate",
             DecontaminateConfig,
-            Decontaminate.run,
+            Decontaminate,
             "row-wise",
             "Decontamination and export",
             {"input": ("reward-select", "generate-responses")},
@@ -140,7 +148,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "export",
             ExportConfig,
-            Export.run,
+            Export,
             "row-wise",
             "Decontamination and export",
             {"input": ("decontaminate", "reward-select", "generate-responses")},
@@ -149,7 +157,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "evaluate",
             EvaluateConfig,
-            Evaluate.run,
+            Evaluate,
             "row-wise",
             "Evaluation",
             {"engine.model": ("sft",)},

@@ -108,6 +108,7 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     """Run a row-wise stage to completion (resuming finished shards) and return its manifest."""
     config, out = stage.config, stage.config.output
     started = time.time()
+    stage.force = force
     check_input_finished(config)
     stage.check()
     if config.executor.kind == "ray":
@@ -118,7 +119,9 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     rows_in_total = stage.count_input_rows()
     if prepare_output(config, fingerprint, force):
         log.info("%s: already finished in %s (same config and input); pass --force to redo", config.stage, out)
-        return io.read_manifest(out)
+        manifest = io.read_manifest(out)
+        stage.after_finish(manifest)
+        return manifest
     if rows_in_total == 0:
         log.warning("%s: the input holds no rows; writing an empty output", config.stage)
 
@@ -136,7 +139,13 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
         write_shard(out, Shard(0, []), ShardResult(rows=[]), 0.0)
     manifest = build_manifest(stage, fingerprint, started)
     io.atomic_write_text(out / io.MANIFEST, json.dumps(manifest, indent=2))
+    stage.after_finish(manifest)
     return manifest
+
+
+def run_row_stage(stage_class: type[RowStage], config: StageConfig, force: bool = False) -> dict[str, Any]:
+    """`run_stage` for a stage class and its config: how the pipeline and the tests start a row-wise stage."""
+    return run_stage(stage_class(config), force=force)
 
 
 def done_rows(out: Path) -> int:

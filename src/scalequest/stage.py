@@ -49,6 +49,8 @@ class ShardResult:
 class RowStage(ABC):
     """Base of every row-wise stage. Subclasses set `config` and implement `process`."""
 
+    force = False  # this run was asked to redo finished work (--force); the runner sets it
+
     def __init__(self, config: StageConfig):
         self.config = config
 
@@ -115,6 +117,9 @@ class RowStage(ABC):
         """Called once every shard is done: extra manifest entries (model names, summaries); may write side files."""
         return {}
 
+    def after_finish(self, manifest: dict[str, Any]) -> None:
+        """Called by the driver once the manifest exists, also when the stage had already finished (e.g. a push)."""
+
     def devices(self) -> tuple[str, int]:
         """(device name, GPUs in use) of this worker, for GPU-hour accounting: the engine's or the model's."""
         gpus = getattr(getattr(self, "engine", None), "gpus", 0)
@@ -126,14 +131,6 @@ class RowStage(ABC):
         import torch
 
         return torch.cuda.get_device_name(), gpus
-
-    @classmethod
-    def run(cls, config: StageConfig, force: bool = False) -> dict[str, Any]:
-        """Run this stage to completion with the runner, resuming finished shards; what `pipeline` calls."""
-        # Imported here: the runner sits above this module, and only this entry point calls up to it.
-        from scalequest.runner import run_stage
-
-        return run_stage(cls(config), force=force)
 
 
 def write_shard(

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.models import embedded_gguf
 from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
@@ -34,7 +35,8 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
     source.write_text("".join(json.dumps(q) + "\n" for q in questions))
 
     # 1. The judge: every question gets a verdict read from the end of its output.
-    judged = FilterSolvability.run(
+    judged = run_row_stage(
+        FilterSolvability,
         FilterSolvabilityConfig(
             input=source,
             output=tmp_path / "solvable",
@@ -42,7 +44,7 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
             sampling={"max_new_tokens": 64},
             keep_undecided=True,
             progress=False,
-        )
+        ),
     )
     assert judged["rows_in"] == 5 and judged["tokens_out"] > 0
     assert sum(v for k, v in judged["counts"].items() if k.startswith("verdict_")) == 5
@@ -52,7 +54,8 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
         assert row["solvability_verdict"] == parse_verdict(row["solvability_judgement"])
 
     # 2. Fail rates of the solver on four GSM8K train questions, two samples each.
-    labels = LabelDifficulty.run(
+    labels = run_row_stage(
+        LabelDifficulty,
         DifficultyLabelConfig(
             input=str(train_file),
             limit=4,
@@ -60,7 +63,7 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
             engine={"model": "embedded"},
             sampling={"n": 2, "max_new_tokens": 128},
             progress=False,
-        )
+        ),
     )
     labelled = io.load_rows(tmp_path / "labels")
     assert labels["rows_out"] == len(labelled) == 4 and labels["counts"]["samples"] == 8
@@ -86,14 +89,15 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
     check_regressor(str(tmp_path / "regressor"))
 
     # 4. Score the judged questions and drop the easier half.
-    filtered = FilterDifficulty.run(
+    filtered = run_row_stage(
+        FilterDifficulty,
         FilterDifficultyConfig(
             input=tmp_path / "solvable",
             output=tmp_path / "hard",
             regressor=str(tmp_path / "regressor"),
             default_rule={"bottom_fraction": 0.5},
             progress=False,
-        )
+        ),
     )
     scored = io.load_rows(tmp_path / "hard" / "scores")
     assert len(scored) == len(kept) and all(isinstance(row["difficulty"], float) for row in scored)

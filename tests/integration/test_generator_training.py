@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from scalequest.runner import run_row_stage
 from scalequest.io import load_rows
 from scalequest.models import embedded_gguf
 from scalequest.stages import qft, qpo
@@ -45,7 +46,8 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
     assert trained["pre_query_prefix"] == PREFIX and trained["end_of_turn"] == "<|im_end|>"
     assert json.loads((tmp_path / "qft" / "config.json").read_text())["model_type"] == "llama"
 
-    pairs = BuildQPOData.run(
+    pairs = run_row_stage(
+        BuildQPOData,
         QPODataConfig(
             output=tmp_path / "qpo-data",
             num=16,
@@ -56,7 +58,7 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
             optimizer_sampling={"max_new_tokens": 128},
             optimizer_reply_prefix="Final question:",
             progress=False,
-        )
+        ),
     )
     assert pairs["rows_in"] == 16 and pairs["rows_out"] + sum(pairs["dropped"].values()) == 16
     assert pairs["rows_out"] >= 1, f"the embedded optimizer gave no usable rewrite: {pairs['dropped']}"
@@ -80,7 +82,8 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
     assert aligned["steps"] == 1
     assert any("rewards/margins" in entry and "rewards/accuracies" in entry for entry in aligned["log_history"])
 
-    generated = GenerateQuestions.run(
+    generated = run_row_stage(
+        GenerateQuestions,
         GenerateQuestionsConfig(
             output=tmp_path / "questions",
             num=8,
@@ -88,10 +91,10 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
             engine={"model": str(tmp_path / "qpo")},
             sampling={"max_new_tokens": 96, "seed": 0},
             progress=False,
-        )
+        ),
     )
-    filtered = FilterLanguage.run(
-        FilterLanguageConfig(input=tmp_path / "questions", output=tmp_path / "filtered", progress=False)
+    filtered = run_row_stage(
+        FilterLanguage, FilterLanguageConfig(input=tmp_path / "questions", output=tmp_path / "filtered", progress=False)
     )
     assert generated["rows_out"] == 8 and filtered["rows_in"] == 8
     assert filtered["rows_out"] + sum(filtered["dropped"].values()) == 8

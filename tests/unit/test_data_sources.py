@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.cli import EXIT_BAD_INPUT, main
 from scalequest.config import BUNDLED_DATA, DataSource, build_config
@@ -193,7 +194,7 @@ def test_a_stage_reads_a_hub_input_and_records_it(tmp_path, fake_hub):
             "progress": False,
         },
     )
-    manifest = FilterLanguage.run(config)
+    manifest = run_row_stage(FilterLanguage, config)
     assert manifest["rows_out"] == 1 and manifest["input"] == "org/questions:train"
     assert [row["question"] for row in io.load_rows(tmp_path / "out")] == ["How many?"]
 
@@ -299,7 +300,7 @@ def test_a_revision_loads_that_snapshot_and_the_manifest_records_the_commit(tmp_
         engine={"model": "org/tiny", "revision": "main", "device": "cpu", "dtype": "float32"},
         sampling={"max_new_tokens": 4},
     )
-    manifest = GenerateQuestions.run(config)
+    manifest = run_row_stage(GenerateQuestions, config)
     assert manifest["models"]["engine.model"] == {"model": "org/tiny", "revision": "main", "commit": hub_cache}
 
 

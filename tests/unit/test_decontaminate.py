@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.stages.decontaminate import BenchmarkNgrams, Decontaminate, DecontaminateConfig, ngram_hashes, words
 
@@ -94,7 +95,7 @@ def test_planted_test_question_is_found_and_dropped(tmp_path, shared_data, gsm8k
     rows = [{"id": f"clean-{i}", "question": q} for i, q in enumerate(CLEAN)]
     rows.insert(2, {"id": "leak", "question": planted(gsm8k_test[0]), "generator": "g"})
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
-    manifest = Decontaminate.run(config(source, tmp_path / "out", shared_data))
+    manifest = run_row_stage(Decontaminate, config(source, tmp_path / "out", shared_data))
     kept = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in kept] == [f"clean-{i}" for i in range(len(CLEAN))]
     assert kept[0] == rows[0]  # clean rows pass through unchanged
@@ -117,7 +118,7 @@ def test_twelve_shared_words_are_not_an_overlap_thirteen_are(tmp_path, shared_da
         {"id": "thirteen", "question": "zebra quokka " + " ".join(question[:13]) + " quokka zebra"},
     ]
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
-    manifest = Decontaminate.run(config(source, tmp_path / "out", shared_data, drop=False))
+    manifest = run_row_stage(Decontaminate, config(source, tmp_path / "out", shared_data, drop=False))
     out = {r["id"]: r for r in io.load_rows(tmp_path / "out")}
     assert out["twelve"]["contamination"] == []
     assert out["thirteen"]["contamination"] == [{"benchmark": "gsm8k", "benchmark_id": "gsm8k-5", "shared_ngrams": 1}]
@@ -127,25 +128,27 @@ def test_twelve_shared_words_are_not_an_overlap_thirteen_are(tmp_path, shared_da
 
 def test_clean_text_finds_nothing(tmp_path, shared_data):
     source = write_jsonl(tmp_path / "questions.jsonl", [{"id": str(i), "question": q} for i, q in enumerate(CLEAN * 3)])
-    manifest = Decontaminate.run(config(source, tmp_path / "out", shared_data, shard_size=5))
+    manifest = run_row_stage(Decontaminate, config(source, tmp_path / "out", shared_data, shard_size=5))
     assert manifest["rows_out"] == 12 and manifest["clean_ratio"]["all"] == 1.0 and manifest["shards"] == 3
 
 
 def test_other_fields_and_ngram_size(tmp_path, shared_data, gsm8k_test):
     rows = [{"id": "a", "question": "What is 2 + 2?", "response": "As the book says: " + gsm8k_test[3]}]
     source = write_jsonl(tmp_path / "rows.jsonl", rows)
-    manifest = Decontaminate.run(
-        config(source, tmp_path / "out", shared_data, fields=["question", "response"], benchmarks=["gsm8k"])
+    manifest = run_row_stage(
+        Decontaminate,
+        config(source, tmp_path / "out", shared_data, fields=["question", "response"], benchmarks=["gsm8k"]),
     )
     assert manifest["dropped"] == {"contaminated": 1}
     with pytest.raises(io.DataError, match="has no field 'response'"):
-        Decontaminate.run(
+        run_row_stage(
+            Decontaminate,
             config(
                 write_jsonl(tmp_path / "q.jsonl", [{"id": "b", "question": "x"}]),
                 tmp_path / "out2",
                 shared_data,
                 fields=["question", "response"],
-            )
+            ),
         )
 
 
@@ -161,5 +164,5 @@ def test_unfinished_input_names_the_stage(tmp_path, shared_data):
     write_jsonl(folder / "shard-00000.jsonl", [{"id": "a", "question": CLEAN[0]}])
     (folder / "config.yaml").write_text("stage: filter-language\nrun_hash: x\n")
     with pytest.raises(io.DataError, match="stage 'filter-language', which has not finished"):
-        Decontaminate.run(config(folder, tmp_path / "out", shared_data))
+        run_row_stage(Decontaminate, config(folder, tmp_path / "out", shared_data))
     assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import build_tiny_model_dir
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines import Completion, Engine
 from scalequest.io import DataError
@@ -105,7 +106,7 @@ def label_config(tmp_path, **overrides) -> DifficultyLabelConfig:
 def test_label_records_fail_rates(tmp_path, monkeypatch):
     solver = CannedSolver(SOLUTIONS)
     monkeypatch.setattr(difficulty_label, "load_engine", lambda config: solver)
-    manifest = LabelDifficulty.run(label_config(tmp_path))
+    manifest = run_row_stage(LabelDifficulty, label_config(tmp_path))
     rows = {row["question"]: row for row in io.load_rows(tmp_path / "labels")}
     assert [rows[q["question"]]["fail_rate"] for q in LABELLED[:3]] == [0.5, 0.0, 1.0]
     first = rows[LABELLED[0]["question"]]
@@ -130,7 +131,8 @@ def test_label_other_gold_formats(tmp_path, monkeypatch):
     source = str(write_jsonl(tmp_path / "math.jsonl", rows))  # MATH-style fields
     for gold_format, field in (("boxed", "solution"), ("plain", "answer")):
         out = tmp_path / gold_format
-        LabelDifficulty.run(
+        run_row_stage(
+            LabelDifficulty,
             label_config(
                 tmp_path,
                 input=source,
@@ -139,7 +141,7 @@ def test_label_other_gold_formats(tmp_path, monkeypatch):
                 answer_field=field,
                 gold_format=gold_format,
                 sampling={"n": 2},
-            )
+            ),
         )
         (row,) = io.load_rows(out)
         assert row["fail_rate"] == 0.0, gold_format
@@ -147,7 +149,7 @@ def test_label_other_gold_formats(tmp_path, monkeypatch):
 
 def test_label_limit_takes_the_first_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver(SOLUTIONS))
-    manifest = LabelDifficulty.run(label_config(tmp_path, limit=2))
+    manifest = run_row_stage(LabelDifficulty, label_config(tmp_path, limit=2))
     assert manifest["rows_in"] == 2 and manifest["rows_out"] == 2
 
 
@@ -173,7 +175,7 @@ def test_label_rejects_rows_without_gold_before_any_output(tmp_path, monkeypatch
     monkeypatch.setattr(difficulty_label, "load_engine", lambda config: pytest.fail("no model may load for bad input"))
     source = str(write_jsonl(tmp_path / "gsm8k.jsonl", rows))
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
-        LabelDifficulty.run(label_config(tmp_path, input=source, **overrides))
+        run_row_stage(LabelDifficulty, label_config(tmp_path, input=source, **overrides))
     assert not (tmp_path / "labels").exists()
 
 
@@ -188,7 +190,7 @@ def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver(SOLUTIONS))
-    manifest = LabelDifficulty.run(label_config(tmp_path, input={"hub": "openai/gsm8k", "config": "main"}))
+    manifest = run_row_stage(LabelDifficulty, label_config(tmp_path, input={"hub": "openai/gsm8k", "config": "main"}))
     assert calls[0] == ("openai/gsm8k", "main", "train")
     assert [row["id"] for row in io.load_rows(tmp_path / "labels")] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
     assert manifest["input"] == "openai/gsm8k[main]:train" and manifest["input_fingerprint"]
@@ -198,13 +200,13 @@ def test_label_names_an_unreachable_hub_dataset(tmp_path):
     with pytest.raises(
         DataError, match="Hub dataset someone/no-such-dataset: the Hugging Face Hub could not be reached"
     ):
-        LabelDifficulty.run(label_config(tmp_path, input={"hub": "someone/no-such-dataset"}))
+        run_row_stage(LabelDifficulty, label_config(tmp_path, input={"hub": "someone/no-such-dataset"}))
     assert not (tmp_path / "labels").exists()
 
 
 def test_label_names_a_missing_local_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        LabelDifficulty.run(label_config(tmp_path, input=str(tmp_path / "nowhere.jsonl")))
+        run_row_stage(LabelDifficulty, label_config(tmp_path, input=str(tmp_path / "nowhere.jsonl")))
 
 
 # --- difficulty-train ------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ def test_regressor_that_is_not_sequence_classification_is_named(tiny_model_dir, 
         progress=False,
     )
     with pytest.raises(ModelError, match="LlamaForCausalLM"):
-        FilterDifficulty.run(config)
+        run_row_stage(FilterDifficulty, config)
     assert not (tmp_path / "out").exists()
 
 
@@ -463,7 +465,7 @@ def test_filter_applies_a_rule_per_generator(tmp_path, classifier_dir):
         generator_rules={"gen-a": {"bottom_fraction": 0.5}, "gen-b": {}},
         default_rule={"threshold": 0.0},
     )
-    manifest = FilterDifficulty.run(config)
+    manifest = run_row_stage(FilterDifficulty, config)
     scored = io.load_rows(tmp_path / "filtered" / "scores")
     kept = {row["id"] for row in io.load_rows(tmp_path / "filtered")}
     assert len(scored) == 30 and all(isinstance(row["difficulty"], float) for row in scored)
@@ -487,35 +489,35 @@ def test_filter_applies_a_rule_per_generator(tmp_path, classifier_dir):
     # Output rows keep their order and carry the score; a rerun with the same config is skipped.
     out_rows = io.load_rows(tmp_path / "filtered")
     assert [r["id"] for r in out_rows] == [r["id"] for r in scored if r["id"] in kept]
-    assert FilterDifficulty.run(config)["finished_at"] == manifest["finished_at"]
+    assert run_row_stage(FilterDifficulty, config)["finished_at"] == manifest["finished_at"]
 
 
 def test_filter_resumes_and_reuses_outside_scores_on_a_rule_change(tmp_path, classifier_dir):
     scores = tmp_path / "scores"
     config = filter_config(tmp_path, classifier_dir, scores_dir=scores)
-    first = FilterDifficulty.run(config)
+    first = run_row_stage(FilterDifficulty, config)
     assert first["dropped"] == {"easiest_fraction": 3}  # the default: floor(10% of 10) in each of 3 generator groups
     scored_at = {p.name: p.stat().st_mtime_ns for p in scores.glob("shard-*.jsonl")}
     # Kill simulation: one output shard and the manifest gone -> only that shard is redone, same rows.
     before = io.load_rows(tmp_path / "filtered")
     (tmp_path / "filtered" / "manifest.json").unlink()
     (tmp_path / "filtered" / "shard-00002.jsonl").unlink()
-    FilterDifficulty.run(config)
+    run_row_stage(FilterDifficulty, config)
     assert io.load_rows(tmp_path / "filtered") == before
     # Another rule needs --force, which keeps the scores kept outside the output.
     other = filter_config(
         tmp_path, classifier_dir, scores_dir=scores, default_rule={"target_shares": {"very_easy": 1.0}}
     )
     with pytest.raises(DataError, match="--force"):
-        FilterDifficulty.run(other)
-    FilterDifficulty.run(other, force=True)
+        run_row_stage(FilterDifficulty, other)
+    run_row_stage(FilterDifficulty, other, force=True)
     assert {p.name: p.stat().st_mtime_ns for p in scores.glob("shard-*.jsonl")} == scored_at
 
 
 def test_filter_that_drops_everything_writes_an_empty_output(tmp_path, classifier_dir, caplog):
     config = filter_config(tmp_path, classifier_dir, default_rule={"threshold": 1e9})
     with caplog.at_level(logging.WARNING, logger="scalequest"):
-        manifest = FilterDifficulty.run(config)
+        manifest = run_row_stage(FilterDifficulty, config)
     assert manifest["rows_out"] == 0 and manifest["dropped"] == {"below_threshold": 30}
     assert io.load_rows(tmp_path / "filtered") == []
     assert "no question left" in caplog.text
@@ -524,7 +526,7 @@ def test_filter_that_drops_everything_writes_an_empty_output(tmp_path, classifie
 def test_filter_on_an_empty_input(tmp_path, classifier_dir, caplog):
     config = filter_config(tmp_path, classifier_dir, input=write_jsonl(tmp_path / "empty.jsonl", []))
     with caplog.at_level(logging.WARNING, logger="scalequest"):
-        manifest = FilterDifficulty.run(config)
+        manifest = run_row_stage(FilterDifficulty, config)
     assert manifest["rows_in"] == 0 and manifest["rows_out"] == 0
     assert io.load_rows(tmp_path / "filtered") == []
     assert manifest["histogram"]["before"] == dict.fromkeys(BUCKETS, 0)
@@ -535,14 +537,15 @@ def test_filter_on_a_trained_regressor(tmp_path, trained):
     config, _ = trained
     rows = [{"question": r["question"], "generator": "g"} for r in length_signal_rows(20, seed=11)]
     source = write_jsonl(tmp_path / "q.jsonl", rows)
-    manifest = FilterDifficulty.run(
+    manifest = run_row_stage(
+        FilterDifficulty,
         FilterDifficultyConfig(
             input=source,
             output=tmp_path / "f",
             regressor=str(config.output),
             default_rule={"bottom_fraction": 0.5},
             progress=False,
-        )
+        ),
     )
     kept = io.load_rows(tmp_path / "f")
     assert manifest["rows_out"] == len(kept) == 10

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import build_tiny_model_dir
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines.base import Completion, Engine
 from scalequest.stages.export import Export, ExportConfig, lineage, write_parquet
@@ -80,8 +81,11 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> Path:
     before = os.getcwd()
     os.chdir(root)
     try:
-        FilterLanguage.run(FilterLanguageConfig(input="questions.jsonl", output="pipe/filter-language", progress=False))
-        CannedResponses.run(
+        run_row_stage(
+            FilterLanguage, FilterLanguageConfig(input="questions.jsonl", output="pipe/filter-language", progress=False)
+        )
+        run_row_stage(
+            CannedResponses,
             GenerateResponsesConfig(
                 input="pipe/filter-language",
                 output="pipe/generate-responses",
@@ -89,15 +93,16 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> Path:
                 shard_size=2,
                 engine={"model": str(tiny_model_dir)},
                 sampling={"n": 3},
-            )
+            ),
         )
-        CannedSelect.run(
+        run_row_stage(
+            CannedSelect,
             RewardSelectConfig(
                 input="pipe/generate-responses",
                 output="pipe/reward-select",
                 progress=False,
                 reward={"model": str(reward_model)},
-            )
+            ),
         )
     finally:
         os.chdir(before)
@@ -111,7 +116,7 @@ def export_config(pipeline: Path, output: Path, **overrides) -> ExportConfig:
 @pytest.fixture(scope="module")
 def exported(pipeline, tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("exported") / "export"
-    return output, Export.run(export_config(pipeline, output))
+    return output, run_row_stage(Export, export_config(pipeline, output))
 
 
 def test_loads_with_datasets_as_parquet_json_and_folder(exported):
@@ -179,8 +184,8 @@ def test_lineage_follows_relative_inputs_from_another_directory(pipeline, tmp_pa
 
 
 def test_explicit_stage_list(pipeline, tmp_path):
-    manifest = Export.run(
-        export_config(pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0)
+    manifest = run_row_stage(
+        Export, export_config(pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0)
     )
     assert manifest["lineage"] == [str(pipeline / "reward-select")]
     assert "None." in (tmp_path / "export" / "README.md").read_text()
@@ -192,7 +197,7 @@ def test_unfinished_earlier_stage_is_named_before_any_output(pipeline, tmp_path)
     (copy / "filter-language" / "manifest.json").unlink()
     config = ExportConfig(input=copy / "reward-select", output=tmp_path / "export", progress=False)
     with pytest.raises(io.DataError, match="stage 'filter-language', which has not finished"):
-        Export.run(config)
+        run_row_stage(Export, config)
     assert not (tmp_path / "export").exists()
 
 
@@ -224,7 +229,7 @@ def test_push_to_hub_uploads_card_and_parquet(exported, pipeline, monkeypatch):
     # push_to_hub is a runtime field: the finished export is not redone, only uploaded.
     assert config.config_hash() == export_config(pipeline, output).config_hash()
     before = (output / "manifest.json").stat().st_mtime_ns
-    Export.run(config)
+    run_row_stage(Export, config)
     assert (output / "manifest.json").stat().st_mtime_ns == before
     assert calls[0] == ("create_repo", "me/data", {"repo_type": "dataset", "private": True, "exist_ok": True})
     upload = calls[1][1]

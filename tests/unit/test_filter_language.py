@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
@@ -17,8 +18,8 @@ def test_removed_rows_carry_reason_and_evidence_and_the_counts_stay(tmp_path):
     ]
     source = tmp_path / "q.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    manifest = FilterLanguage.run(
-        FilterLanguageConfig(input=source, output=tmp_path / "out", shard_size=2, progress=False)
+    manifest = run_row_stage(
+        FilterLanguage, FilterLanguageConfig(input=source, output=tmp_path / "out", shard_size=2, progress=False)
     )
     assert [row["id"] for row in io.load_rows(tmp_path / "out")] == ["a"]
     assert manifest["dropped"] == {"empty": 1, "non_ascii": 1, "duplicate": 1}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines import Completion, Engine, SamplingParams
 from scalequest.io import DataError
@@ -112,7 +113,7 @@ def run_canned(tmp_path, monkeypatch, **overrides):
     source = write_questions(tmp_path / "questions.jsonl", list(CANNED) + ["   "])
     values = dict(input=source, output=tmp_path / "out", prompt_format="chat", shard_size=4, progress=False)
     values.update(overrides)
-    manifest = FilterSolvability.run(FilterSolvabilityConfig(**values))
+    manifest = run_row_stage(FilterSolvability, FilterSolvabilityConfig(**values))
     return manifest, io.load_rows(tmp_path / "out"), judge
 
 
@@ -147,7 +148,7 @@ def test_missing_question_field_fails_before_any_output(tmp_path):
     source = write_questions(tmp_path / "questions.jsonl", ["What is 2 + 2?"])
     config = FilterSolvabilityConfig(input=source, output=tmp_path / "out", field="problem", progress=False)
     with pytest.raises(DataError, match="field 'problem'"):
-        FilterSolvability.run(config)
+        run_row_stage(FilterSolvability, config)
     assert not (tmp_path / "out").exists()
 
 
@@ -166,7 +167,7 @@ def test_filter_runs_on_the_tiny_random_model(tmp_path, tiny_model_dir):
         keep_undecided=True,
         progress=False,
     )
-    manifest = FilterSolvability.run(config)
+    manifest = run_row_stage(FilterSolvability, config)
     rows = io.load_rows(tmp_path / "out")
     assert manifest["rows_in"] == 3 and manifest["tokens_out"] > 0
     assert sum(v for k, v in manifest["counts"].items() if k.startswith("verdict_")) == 3
@@ -176,7 +177,7 @@ def test_filter_runs_on_the_tiny_random_model(tmp_path, tiny_model_dir):
     for row in rows:
         assert row["solvability_verdict"] == parse_verdict(row["solvability_judgement"]) != "no"
     # Finished with the same config and input: skipped.
-    assert FilterSolvability.run(config)["finished_at"] == manifest["finished_at"]
+    assert run_row_stage(FilterSolvability, config)["finished_at"] == manifest["finished_at"]
 
 
 def test_removed_questions_are_kept_with_the_judges_reasoning(tmp_path, monkeypatch):

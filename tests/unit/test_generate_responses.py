@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines.base import Completion, Engine, SamplingParams
 from scalequest.stages.generate_questions import shard_seed
@@ -97,7 +98,7 @@ def test_paper_defaults():
 def test_one_row_per_response_and_no_answer_responses_dropped(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
     engine = CannedEngine(REPLIES)
-    manifest = canned(engine).run(config(source, tmp_path / "out", tiny_model_dir))
+    manifest = run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir))
     rows = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in rows] == ["q0-r0", "q0-r2", "q2-r0", "q2-r2"]
     assert [r["answer"] for r in rows] == ["8", "8", "42", "x + 1"]
@@ -119,7 +120,7 @@ def test_one_row_per_response_and_no_answer_responses_dropped(tmp_path, tiny_mod
 def test_chat_prompt_and_sampling(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
     engine = CannedEngine(REPLIES)
-    canned(engine).run(config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"seed": 7}))
+    run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"seed": 7}))
     (prompts, params), (_, params_1) = engine.calls
     assert prompts[0] == [{"role": "user", "content": solve_message(QUESTIONS[0]["question"])}]
     assert (params.n, params.temperature, params.top_p, params.max_new_tokens, params.stop) == (5, 0.7, 0.95, 2048, ())
@@ -129,7 +130,7 @@ def test_chat_prompt_and_sampling(tmp_path, tiny_model_dir):
 def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS[:1])
     engine = CannedEngine(REPLIES)
-    canned(engine).run(config(source, tmp_path / "out", tiny_model_dir, prompt_format="plain"))
+    run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir, prompt_format="plain"))
     ((prompts, params),) = engine.calls
     assert prompts == [plain_solve_prompt(QUESTIONS[0]["question"])]
     assert "\nQuestion:" in params.stop
@@ -138,20 +139,22 @@ def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
 def test_carry_fields_and_question_field(tmp_path, tiny_model_dir):
     rows = [{"id": "a", "query": QUESTIONS[0]["question"], "generator": "gen", "difficulty": 0.5}]
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
-    canned(CannedEngine(REPLIES)).run(
-        config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"])
+    run_row_stage(
+        canned(CannedEngine(REPLIES)),
+        config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"]),
     )
     out = io.load_rows(tmp_path / "out")
     assert out[0]["question"] == rows[0]["query"] and out[0]["generator"] == "gen"
     assert "difficulty" not in out[0] and "query" not in out[0]
     with pytest.raises(io.DataError, match="row a has no field 'question'"):
-        canned(CannedEngine(REPLIES)).run(config(source, tmp_path / "out2", tiny_model_dir))
+        run_row_stage(canned(CannedEngine(REPLIES)), config(source, tmp_path / "out2", tiny_model_dir))
 
 
 def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
-    manifest = GenerateResponses.run(
-        config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"n": 2, "max_new_tokens": 6})
+    manifest = run_row_stage(
+        GenerateResponses,
+        config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"n": 2, "max_new_tokens": 6}),
     )
     generated = manifest["counts"]["responses_generated"]
     assert generated == 6

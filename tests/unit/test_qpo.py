@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from scalequest import io
+from scalequest.runner import run_row_stage
 from scalequest.engines import Completion, Engine, SamplingParams
 from scalequest.io import DataError
 from scalequest.stages import qpo
@@ -115,12 +116,15 @@ def test_qpo_data_keeps_good_rewrites_and_counts_every_drop(tmp_path, tiny_model
 
 def test_qpo_data_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     """The tiny model as optimizer writes garbage: every pair is dropped, and each drop has a reason."""
-    manifest = BuildQPOData.run(data_config(tmp_path, tiny_model_dir, num=4))
+    manifest = run_row_stage(BuildQPOData, data_config(tmp_path, tiny_model_dir, num=4))
     assert manifest["rows_out"] + sum(manifest["dropped"].values()) == 4
     assert set(manifest["dropped"]) <= {"no_final_question", "optimizer_truncated", "empty_original"}
     assert manifest["tokens_out"] > 0 and manifest["optimizer"] == str(tiny_model_dir)
     # Rerun with the same config: skipped.
-    assert BuildQPOData.run(data_config(tmp_path, tiny_model_dir, num=4))["finished_at"] == manifest["finished_at"]
+    assert (
+        run_row_stage(BuildQPOData, data_config(tmp_path, tiny_model_dir, num=4))["finished_at"]
+        == manifest["finished_at"]
+    )
 
 
 class PrefilledOptimizer(Engine):
@@ -173,7 +177,7 @@ def test_reply_prefix_with_a_remote_optimizer_is_refused(tmp_path, tiny_model_di
         optimizer_reply_prefix="Final question:",
     )
     with pytest.raises(ConfigError, match="optimizer_reply_prefix needs a local optimizer engine"):
-        BuildQPOData.run(config)
+        run_row_stage(BuildQPOData, config)
     assert not (tmp_path / "pairs").exists()
 
 

@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray")
 
 from scalequest import io  # noqa: E402
 from scalequest.config import ConfigError  # noqa: E402
-from scalequest.runner import run_stage  # noqa: E402
+from scalequest.runner import run_row_stage, run_stage  # noqa: E402
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig  # noqa: E402
 from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig  # noqa: E402
 
@@ -74,9 +74,9 @@ RAY = {"kind": "ray", "num_workers": 2}
 
 
 def test_generate_questions_under_ray_gives_the_local_rows(tmp_path, tiny_model_dir, ray_address):
-    local = GenerateQuestions.run(gen_config(tmp_path / "local", tiny_model_dir))
+    local = run_row_stage(GenerateQuestions, gen_config(tmp_path / "local", tiny_model_dir))
     started = time.monotonic()
-    remote = GenerateQuestions.run(gen_config(tmp_path / "ray", tiny_model_dir, executor=RAY))
+    remote = run_row_stage(GenerateQuestions, gen_config(tmp_path / "ray", tiny_model_dir, executor=RAY))
     print(f"ray run: {time.monotonic() - started:.1f}s")
     assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
     assert len(io.load_rows(tmp_path / "ray")) == 12
@@ -87,11 +87,12 @@ def test_generate_questions_under_ray_gives_the_local_rows(tmp_path, tiny_model_
 
 def test_filter_language_under_ray_gives_the_local_rows(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl")
-    local = FilterLanguage.run(
-        FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
+    local = run_row_stage(
+        FilterLanguage, FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
     )
-    remote = FilterLanguage.run(
-        FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor="ray")
+    remote = run_row_stage(
+        FilterLanguage,
+        FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor="ray"),
     )
     assert io.load_rows(tmp_path / "ray") == io.load_rows(tmp_path / "local")
     assert remote["dropped"] == local["dropped"] == {"duplicate": 43, "non_ascii": 1, "empty": 1}
@@ -112,8 +113,8 @@ class DiesOnce(FilterLanguage):
 
 def test_a_worker_dying_mid_stage_has_its_shard_retried(tmp_path, ray_address):
     source = questions_file(tmp_path / "questions.jsonl")
-    expected = FilterLanguage.run(
-        FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
+    expected = run_row_stage(
+        FilterLanguage, FilterLanguageConfig(input=source, output=tmp_path / "local", shard_size=7, progress=False)
     )
     stage = DiesOnce(
         FilterLanguageConfig(input=source, output=tmp_path / "ray", shard_size=7, progress=False, executor=RAY)
@@ -133,7 +134,9 @@ def test_too_many_gpus_or_cpus_are_refused_up_front(tmp_path, ray_address):
     ]:
         out = tmp_path / f"out-{len(message)}"
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            FilterLanguage.run(FilterLanguageConfig(input=source, output=out, progress=False, executor=executor))
+            run_row_stage(
+                FilterLanguage, FilterLanguageConfig(input=source, output=out, progress=False, executor=executor)
+            )
         assert not list(out.glob("shard-*"))
 
 
@@ -192,7 +195,7 @@ def test_an_unreachable_address_fails_fast_with_one_line(tmp_path, ray_address):
     )
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
-        FilterLanguage.run(config)
+        run_row_stage(FilterLanguage, config)
     assert time.monotonic() - started < 10
     message = str(caught.value)
     assert "\n" not in message
@@ -240,8 +243,8 @@ def test_a_killed_ray_driver_resumes_to_the_uninterrupted_local_rows(tmp_path, t
         driver_command(out, tiny_model_dir, ray_address), env=env, capture_output=True, text=True, timeout=300
     )
     assert final.returncode == 0, final.stderr[-3000:]
-    reference = GenerateQuestions.run(
-        gen_config(tmp_path / "reference", tiny_model_dir, num=NUM, shard_size=SHARD_SIZE)
+    reference = run_row_stage(
+        GenerateQuestions, gen_config(tmp_path / "reference", tiny_model_dir, num=NUM, shard_size=SHARD_SIZE)
     )
     rows = io.load_rows(out)
     assert [row["id"] for row in rows] == [f"q{i:08d}" for i in range(NUM)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_model_dir, build_tiny_tokenizer
+from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.models import ModelError
 from scalequest.scorers import Scorer, conversation, load_scorer, score_head_kind
@@ -173,7 +174,7 @@ def test_best_of_n_keeps_the_highest_score_per_question(tmp_path, classifier_dir
     source = write_jsonl(tmp_path / "responses.jsonl", rows)
     # Question 1: a tie between samples 2 and 1 -> sample 1 (lowest sample_index).
     tie = {rows[4]["response"]: 100.0, rows[5]["response"]: 100.0}
-    manifest = canned_stage(CannedScorer(tie)).run(select_config(source, tmp_path / "out", classifier_dir))
+    manifest = run_row_stage(canned_stage(CannedScorer(tie)), select_config(source, tmp_path / "out", classifier_dir))
     out = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in out] == ["q0", "q1", "q2", "q3"]
     assert [r["sample_index"] for r in out] == [2, 1, 2, 2]  # the longest response wins, except the tie
@@ -192,8 +193,8 @@ def test_min_agreement_drops_questions_whose_answers_disagree(tmp_path, classifi
     rows = responses(3)  # answers per question: q, q+1, q -> 2 of 3 agree
     rows[3]["answer"], rows[5]["answer"] = "7", " 9 "  # question 1: three different answers
     source = write_jsonl(tmp_path / "responses.jsonl", rows)
-    manifest = canned_stage(CannedScorer()).run(
-        select_config(source, tmp_path / "out", classifier_dir, min_agreement=2)
+    manifest = run_row_stage(
+        canned_stage(CannedScorer()), select_config(source, tmp_path / "out", classifier_dir, min_agreement=2)
     )
     out = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in out] == ["q0", "q2"]
@@ -211,7 +212,7 @@ def test_shards_never_split_a_question(tmp_path, classifier_dir):
         ids = [row["question_id"] for row in shard.rows]
         assert len(ids) % 3 == 0 and len(set(ids)) == len(ids) // 3
     assert sum(len(s.rows) for s in shards) == 15
-    manifest = canned_stage(scorer).run(config)
+    manifest = run_row_stage(canned_stage(scorer), config)
     assert manifest["rows_out"] == 5 and manifest["shards"] == len(shards) == 3
 
 
@@ -220,14 +221,14 @@ def test_responses_of_a_question_out_of_place_is_an_error_before_any_output(tmp_
     rows.append({**rows[0], "id": "q0-r9", "sample_index": 9})
     source = write_jsonl(tmp_path / "responses.jsonl", rows)
     with pytest.raises(io.DataError, match=r"q0-r9.*'q0' are not next to each other"):
-        canned_stage(CannedScorer()).run(select_config(source, tmp_path / "out", classifier_dir))
+        run_row_stage(canned_stage(CannedScorer()), select_config(source, tmp_path / "out", classifier_dir))
     assert not (tmp_path / "out").exists()
 
 
 def test_scores_are_resumable_per_shard(tmp_path, classifier_dir):
     source = write_jsonl(tmp_path / "responses.jsonl", responses(4))
     config = select_config(source, tmp_path / "out", classifier_dir, shard_size=6)
-    canned_stage(CannedScorer()).run(config)
+    run_row_stage(canned_stage(CannedScorer()), config)
     scores_dir = tmp_path / "out" / "scores"
     first = {p.name: p.stat().st_mtime_ns for p in scores_dir.iterdir()}
     assert sorted(first) == ["shard-00000.jsonl", "shard-00001.jsonl"]
@@ -236,7 +237,7 @@ def test_scores_are_resumable_per_shard(tmp_path, classifier_dir):
     (tmp_path / "out" / "manifest.json").unlink()
     (scores_dir / ".shard-00001.jsonl.tmp-1").write_text("{half")
     scorer = CannedScorer()
-    manifest = canned_stage(scorer).run(config)
+    manifest = run_row_stage(canned_stage(scorer), config)
     assert scorer.calls == [6]  # only shard 1 scored again
     assert (scores_dir / "shard-00000.jsonl").stat().st_mtime_ns == first["shard-00000.jsonl"]
     assert not list(scores_dir.glob(".*tmp*"))
@@ -248,7 +249,7 @@ def test_stage_with_the_tiny_classifier_selects_the_argmax_of_real_scores(tmp_pa
     source = write_jsonl(tmp_path / "responses.jsonl", rows)
     config = select_config(source, tmp_path / "out", classifier_dir)
     config.reward.dtype = "float32"
-    manifest = RewardSelect.run(config)
+    manifest = run_row_stage(RewardSelect, config)
     expected = one_at_a_time(classifier_dir, [conversation(r["question"], r["response"]) for r in rows])
     scores = read_scores(tmp_path / "out")
     assert [s["score"] for s in scores] == pytest.approx(expected, abs=1e-4)
@@ -268,7 +269,7 @@ def test_a_causal_lm_is_refused_with_advice_before_any_output(tmp_path, tiny_mod
         ModelError,
         match=r"has no score head \(architectures: LlamaForCausalLM\).*sequence-classification.*trust_remote_code",
     ):
-        RewardSelect.run(select_config(source, tmp_path / "out", tiny_model_dir))
+        run_row_stage(RewardSelect, select_config(source, tmp_path / "out", tiny_model_dir))
     assert not (tmp_path / "out").exists()
 
 
@@ -291,7 +292,7 @@ def test_unfinished_input_names_the_stage(tmp_path, classifier_dir):
     write_jsonl(folder / "shard-00000.jsonl", responses(1))
     (folder / "config.yaml").write_text("stage: generate-responses\nrun_hash: x\n")
     with pytest.raises(io.DataError, match=r"stage 'generate-responses', which has not finished"):
-        RewardSelect.run(select_config(folder, tmp_path / "out", classifier_dir))
+        run_row_stage(RewardSelect, select_config(folder, tmp_path / "out", classifier_dir))
 
 
 # --- remote-code reward models (get_scores), like InternLM2-7B-Reward --------------------------------

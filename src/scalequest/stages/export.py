@@ -36,8 +36,8 @@ import yaml
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import RowStageConfig, StageConfig
-from scalequest.runner import finished_stats, run_stage
+from scalequest.config import RowStageConfig
+from scalequest.runner import finished_stats
 from scalequest.stage import RowStage, Shard, ShardResult
 
 log = logging.getLogger(__name__)
@@ -362,12 +362,9 @@ class Export(RowStage):
             "lineage": [str(folder) for folder, _ in self.stages],
         }
 
-    @classmethod
-    def run(cls, config: StageConfig, force: bool = False) -> dict[str, Any]:
-        manifest = run_stage(cls(config), force=force)
-        if config.push_to_hub:  # after the manifest, and also when the export had already finished
-            push_to_hub(config)
-        return manifest
+    def after_finish(self, manifest: dict[str, Any]) -> None:
+        if self.config.push_to_hub:  # after the manifest, and also when the export had already finished
+            push_to_hub(self.config)
 
 
 def write_parquet(out: Path, columns: list[str]) -> tuple[list[Path], int]:

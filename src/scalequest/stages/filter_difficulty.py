@@ -269,13 +269,6 @@ class FilterDifficultyConfig(ScoreDifficultyConfig):
 
 class FilterDifficulty(RowStage):
     config: FilterDifficultyConfig
-    force = False
-
-    @classmethod
-    def run(cls, config: FilterDifficultyConfig, force: bool = False) -> dict[str, Any]:
-        stage = cls(config)
-        stage.force = force
-        return runner.run_stage(stage, force=force)
 
     def check(self) -> None:
         check_regressor(self.config.regressor, self.config.trust_remote_code, self.config.regressor_revision)
@@ -300,7 +293,7 @@ class FilterDifficulty(RowStage):
             and saved.get("config_hash") == scoring.config_hash()
             and saved.get("input_fingerprint") == fingerprint
         )
-        self.scoring = ScoreDifficulty.run(scoring, force=self.force and not reusable)
+        self.scoring = runner.run_row_stage(ScoreDifficulty, scoring, force=self.force and not reusable)
         self.scores_dir = scoring.output
         by_generator: dict[str, list[tuple[str, float]]] = {}
         for row in io.read_rows(scoring.output):
