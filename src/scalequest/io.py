@@ -245,6 +245,14 @@ def input_fingerprint(source: "DataSource | Path | str") -> str:
     return digest.hexdigest()[:16]
 
 
+def read_removed(folder: str | Path, reason: str | None = None) -> Iterator[dict]:
+    """The rows a stage removed ({id, reason, evidence, row}), in shard order; only `reason` when given."""
+    for path in sorted((Path(folder) / REMOVED_DIR).glob(SHARD_GLOB)):
+        for entry in read_file(path):
+            if reason is None or entry["reason"] == reason:
+                yield entry
+
+
 def load_rows(folder: str | Path) -> list[dict]:
     """All rows of a stage output, in shard order (small outputs; use `datasets` for large ones)."""
     return list(read_rows(Path(folder)))

@@ -200,6 +200,8 @@ def test_min_agreement_drops_questions_whose_answers_disagree(tmp_path, classifi
     assert [r["id"] for r in out] == ["q0", "q2"]
     assert manifest["dropped"] == {"low_agreement": 3, "lower_reward": 4}
     assert manifest["counts"]["questions_low_agreement"] == 1
+    scores = read_scores(tmp_path / "out")  # the dropped question's scores are kept with its removed rows
+    assert sorted(s["id"] for s in scores if s["question_id"] == "q1") == ["q1-r0", "q1-r1", "q1-r2"]
     assert out[0]["answer_agreement"] == 2  # sample 2 answers q0 like sample 0
 
 
@@ -225,23 +227,28 @@ def test_responses_of_a_question_out_of_place_is_an_error_before_any_output(tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_scores_are_resumable_per_shard(tmp_path, classifier_dir):
+def test_scores_are_kept_with_the_rows_and_resumable_per_shard(tmp_path, classifier_dir):
     source = write_jsonl(tmp_path / "responses.jsonl", responses(4))
     config = select_config(source, tmp_path / "out", classifier_dir, shard_size=6)
     run_row_stage(canned_stage(CannedScorer()), config)
-    scores_dir = tmp_path / "out" / "scores"
-    first = {p.name: p.stat().st_mtime_ns for p in scores_dir.iterdir()}
+    removed_dir = tmp_path / "out" / "removed"
+    first = {p.name: p.stat().st_mtime_ns for p in removed_dir.iterdir()}
     assert sorted(first) == ["shard-00000.jsonl", "shard-00001.jsonl"]
-    # A run killed after shard 0: shard 1's rows and manifest gone, a half-written temp score file left.
+    assert not (tmp_path / "out" / "scores").exists()  # no side files of its own
+    # A run killed after shard 0: shard 1's rows and manifest gone, a half-written removed file left.
     (tmp_path / "out" / "shard-00001.jsonl").unlink()
     (tmp_path / "out" / "manifest.json").unlink()
-    (scores_dir / ".shard-00001.jsonl.tmp-1").write_text("{half")
+    (removed_dir / ".shard-00001.jsonl.tmp-1").write_text("{half")
     scorer = CannedScorer()
     manifest = run_row_stage(canned_stage(scorer), config)
     assert scorer.calls == [6]  # only shard 1 scored again
-    assert (scores_dir / "shard-00000.jsonl").stat().st_mtime_ns == first["shard-00000.jsonl"]
-    assert not list(scores_dir.glob(".*tmp*"))
+    assert (removed_dir / "shard-00000.jsonl").stat().st_mtime_ns == first["shard-00000.jsonl"]
+    assert not list(removed_dir.glob(".*tmp*"))
     assert len(read_scores(tmp_path / "out")) == 12 and manifest["rows_out"] == 4
+    for row in io.load_rows(tmp_path / "out"):  # the chosen response's margin can be read from its own row
+        assert row["candidate_scores"][row["response_id"]] == max(row["candidate_scores"].values())
+    for entry in io.read_removed(tmp_path / "out"):
+        assert entry["reason"] == "lower_reward" and entry["evidence"]["score"] <= entry["evidence"]["chosen_score"]
 
 
 def test_stage_with_the_tiny_classifier_selects_the_argmax_of_real_scores(tmp_path, classifier_dir):

@@ -13,9 +13,9 @@ ways to score, picked from the model and the config:
   `llm.encode` with activation off.
 The scorers live in scalequest/scorers/ (the classifier one shares its code with the difficulty regressor).
 
-Every score is kept in `OUTPUT/scores/shard-xxxxx.jsonl`, one file per shard, written atomically before
-the shard's rows, so a resumed run has the scores of every finished shard. (Workers write it themselves,
-so with a distributed executor the output folder must be on storage every worker can reach.)
+Every score is kept with the rows: the chosen response carries `reward_score` and `candidate_scores` (each
+candidate's response id -> score, in sample order, so margins can be read without the other rows), and each
+response not chosen is a removed row (OUTPUT/removed/) with its score and the chosen one's as evidence.
 
 Ties go to the lowest sample_index. Optionally (`min_agreement: k`) a question is kept only when at least
 k of its responses give the same final answer (majority agreement); those removed are counted apart.
@@ -23,7 +23,6 @@ k of its responses give the same final answer (majority agreement); those remove
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -36,8 +35,6 @@ from scalequest.config import ModelLoading, RowStageConfig
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.scorers import conversation, load_scorer, score_head_kind
 from scalequest.scorers.base import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, DEFAULT_REWARD_MODEL, PAPER_REWARD_MODEL
-
-SCORES_DIR = "scores"
 
 
 class RewardModelConfig(ModelLoading):
@@ -178,11 +175,6 @@ class RewardSelect(RowStage):
         if batch:
             yield Shard(index, batch)
 
-    def prepare(self) -> None:
-        scores_dir = self.config.output / SCORES_DIR
-        for leftover in scores_dir.glob(".*.tmp-*"):  # from a killed run; never complete
-            leftover.unlink(missing_ok=True)
-
     def setup(self) -> None:
         self.scorer = load_scorer(self.config.reward)
 
@@ -192,14 +184,13 @@ class RewardSelect(RowStage):
         scores = self.scorer.score([conversation(row["question"], row["response"]) for row in rows])
         result = ShardResult(rows=[], tokens_in=self.scorer.tokens - tokens_before)
         result.counts["nan_scores"] += sum(math.isnan(s) for s in scores)
-        selected: set[int] = set()
         start = 0
         while start < len(rows):  # one question at a time; its responses are consecutive
             end = start
             while end < len(rows) and rows[end]["question_id"] == rows[start]["question_id"]:
                 end += 1
             group, group_scores = rows[start:end], scores[start:end]
-            start_of_group, start = start, end
+            start = end
             result.counts["questions"] += 1
             agreement = answer_counts(group)
             if self.config.min_agreement and max(agreement.values(), default=0) < self.config.min_agreement:
@@ -208,7 +199,6 @@ class RewardSelect(RowStage):
                 result.counts["questions_low_agreement"] += 1
                 continue
             best = best_response(group, group_scores)
-            selected.add(start_of_group + best)
             for index, (row, score) in enumerate(zip(group, group_scores)):
                 if index != best:
                     evidence = {"score": score, "chosen_id": group[best]["id"], "chosen_score": group_scores[best]}
@@ -223,21 +213,10 @@ class RewardSelect(RowStage):
                     "reward_score": group_scores[best],
                     "reward_model": self.config.reward.model,
                     "candidates": len(group),
+                    "candidate_scores": {row["id"]: score for row, score in zip(group, group_scores)},
                     "answer_agreement": agreement.get(normalized_answer(answer), 0) if isinstance(answer, str) else 0,
                 }
             )
-        side = [
-            {
-                "id": row["id"],
-                "question_id": row["question_id"],
-                "sample_index": row.get("sample_index"),
-                "answer": row.get("answer"),
-                "score": score,
-                "selected": i in selected,
-            }
-            for i, (row, score) in enumerate(zip(rows, scores))
-        ]
-        io.atomic_write_text(self.config.output / SCORES_DIR / f"shard-{shard.index:05d}.jsonl", io.to_jsonl(side))
         return result
 
     def teardown(self) -> None:
@@ -253,33 +232,35 @@ class RewardSelect(RowStage):
         return torch.cuda.get_device_name(), gpus
 
     def finalize(self) -> dict:
-        out = self.config.output
-        missing = [
-            path.name
-            for path in sorted(out.glob(io.SHARD_GLOB))
-            if path.stat().st_size and not (out / SCORES_DIR / path.name).is_file()
-        ]
-        if missing:
-            raise io.DataError(
-                f"{out}/{SCORES_DIR} has no scores for {missing[0]}: the worker that scored it could not write to the "
-                "output folder"
-            )
         return {
             "reward_model": self.config.reward.model,
             "reward_backend": self.config.reward.backend,
-            "scores": f"{SCORES_DIR}/shard-*.jsonl",
             # rows_in counts responses and rows_out questions; every dropped reason counts responses.
             "row_units": {"in": "responses", "out": "questions"},
         }
 
 
 def read_scores(output) -> list[dict]:
-    """Every score a reward-select run wrote, in shard order."""
-    from pathlib import Path
-
-    return [
-        json.loads(line)
-        for path in sorted((Path(output) / SCORES_DIR).glob(io.SHARD_GLOB))
-        for line in path.open()
-        if line.strip()
-    ]
+    """Every score of a reward-select output as {id, question_id, score, selected}: the kept questions'
+    candidates in input order (from `candidate_scores`), then responses of questions removed for low agreement."""
+    scores = []
+    for row in io.read_rows(output):
+        for response_id, score in row["candidate_scores"].items():
+            scores.append(
+                {
+                    "id": response_id,
+                    "question_id": row["id"],
+                    "score": score,
+                    "selected": response_id == row["response_id"],
+                }
+            )
+    for removed in io.read_removed(output, reason="low_agreement"):
+        scores.append(
+            {
+                "id": removed["id"],
+                "question_id": removed["row"]["question_id"],
+                "score": removed["evidence"]["score"],
+                "selected": False,
+            }
+        )
+    return scores
