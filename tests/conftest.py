@@ -107,3 +107,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_nopad_model_dir(tmp_path_factory) -> Path:
+    """The tiny causal Llama with no pad token (as DeepSeekMath-RL has none): loaders pad with EOS."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    path = build_tiny_model_dir(tmp_path_factory.mktemp("tiny-nopad"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["pad_token_id"] = None
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path

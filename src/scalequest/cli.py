@@ -16,6 +16,7 @@ from pydantic import Field
 from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, Section, describe_fields, load_config
 
 EXIT_BAD_INPUT = 2
+EXIT_UNFINISHED = 3  # rows failed (engine requests, after retries); a rerun retries them
 
 # Library warnings about the libraries' own internals, which a user can do nothing about (shown with --debug);
 # every other warning stays visible.
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from scalequest.io import DataError
     from scalequest.math import BenchmarkError
     from scalequest.models import ModelError
+    from scalequest.runner import StageIncomplete
 
     try:
         dispatch(args)
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StageIncomplete as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNFINISHED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -290,15 +290,53 @@ class StageConfig(Section):
     """Fields shared by every stage."""
 
     stage: ClassVar[str] = ""
-    # Fields that change how a stage runs but not what it writes; they stay out of the config hash.
-    runtime_fields: ClassVar[set[str]] = {"output", "progress", "executor", "keep_removed"}
+    # Stage-specific fields kept out of the config hash, besides OPERATIONAL_FIELDS.
+    runtime_fields: ClassVar[set[str]] = set()
 
     output: Path = Field(..., description="Output folder (data, config.yaml, manifest.json).")
     progress: bool = Field(True, description="Show progress bars.")
 
     def config_hash(self) -> str:
-        data = self.model_dump(mode="json", exclude=self.runtime_fields)
+        """What decides whether a finished output is still valid: every field but the operational ones."""
+        data = without_operational(self.model_dump(mode="json", exclude=self.runtime_fields))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields that change speed, memory, where the output goes or how failures are handled, never what a stage
+# writes: they stay out of the config hash, so changing one resumes a stage instead of starting it over (e.g.
+# a lower batch size after an out-of-memory error). `*.name` is that field inside any section (engine, reward,
+# regressor, ...); a training stage's own `batch_size` changes the result and stays in.
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "output",
+        "progress",
+        "executor",
+        "keep_removed",
+        "max_failed_fraction",
+        "grading_workers",
+        "scores_dir",
+        "push_to_hub",
+        "private",
+        "logging_steps",
+        "save_steps",
+        "keep_checkpoints",
+        "*.batch_size",
+        "*.max_concurrency",
+        "*.request_timeout",
+        "*.max_retries",
+        "*.gpu_memory_utilization",
+    }
+)
+
+
+def without_operational(data: Any, nested: bool = False) -> Any:
+    """A config dump without its OPERATIONAL_FIELDS."""
+    if isinstance(data, dict):
+        operational = {key for key in data if (f"*.{key}" if nested else key) in OPERATIONAL_FIELDS}
+        return {key: without_operational(value, True) for key, value in data.items() if key not in operational}
+    if isinstance(data, list):
+        return [without_operational(item, nested) for item in data]
+    return data
 
 
 class ShardedStageConfig(StageConfig):
@@ -312,6 +350,14 @@ class ShardedStageConfig(StageConfig):
         True,
         description="Write every removed row, with its reason and evidence, under OUTPUT/removed/ (false: only count "
         "them).",
+    )
+    max_failed_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of input rows whose engine calls may fail for good (after retries) and still let the stage "
+        "finish, counted in the manifest as dropped 'failed'; above it the stage stops unfinished and a rerun retries "
+        "only the failed rows. 0: every row must succeed.",
     )
 
 

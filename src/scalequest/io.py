@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 STATS_DIR = ".stats"
 REMOVED_DIR = "removed"
+PARTIAL_DIR = ".partial"
 
 
 class DataError(ValueError):
@@ -45,6 +46,11 @@ def removed_path(folder: Path, index: int) -> Path:
 
 def stats_path(folder: Path, index: int) -> Path:
     return folder / STATS_DIR / f"{index:05d}.json"
+
+
+def partial_path(folder: Path, index: int) -> Path:
+    """What succeeded of shard `index` while some of its rows failed: the shard stays pending until they succeed."""
+    return folder / PARTIAL_DIR / f"{index:05d}.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ import yaml
 from scalequest import io
 from scalequest.config import RowStageConfig, StageConfig
 from scalequest.models import model_provenance
-from scalequest.stage import RowStage, Shard, ShardResult, write_shard
+from scalequest.stage import RowStage, Shard, ShardResult, read_partial, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,47 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
         from scalequest.executors.local import run_local
 
         run_local(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+    settle_failed_rows(stage, rows_in_total)
     if not any(out.glob(io.SHARD_GLOB)):  # no input rows: one empty shard keeps the output readable downstream
         write_shard(out, Shard(0, []), ShardResult(rows=[]), 0.0)
     manifest = build_manifest(stage, fingerprint, started)
     io.atomic_write_text(out / io.MANIFEST, json.dumps(manifest, indent=2))
     stage.after_finish(manifest)
     return manifest
+
+
+class StageIncomplete(RuntimeError):
+    """Rows failed for good (after the engine's retries), more than `max_failed_fraction` allows: the stage
+    wrote what succeeded but no manifest; a rerun retries only the failed rows."""
+
+
+def settle_failed_rows(stage: RowStage, rows_in_total: int) -> None:
+    """Raise StageIncomplete while shards are pending; or, within `max_failed_fraction`, write the shards with
+    their failed rows removed (reason `failed`) so that the stage can finish."""
+    config, out = stage.config, stage.config.output
+    partial = sorted(p for p in (out / io.PARTIAL_DIR).glob("*.json") if not io.shard_path(out, int(p.stem)).is_file())
+    pending = [shard for shard in stage.input_shards() if not io.shard_path(out, shard.index).is_file()]
+    if not pending:
+        return
+    saved = {int(path.stem): read_partial(out, int(path.stem)) for path in partial}
+    failed = [row for result, _ in saved.values() for row in result.failed]
+    untried = sum(len(shard.rows) for shard in pending if shard.index not in saved)
+    if untried or len(failed) > config.max_failed_fraction * rows_in_total:
+        reasons = Counter(row["reason"] for row in failed).most_common()
+        because = "; ".join(f"{reason}: {count}" for reason, count in reasons[:3])
+        skipped = f", {untried} not tried after a shard in which every request failed" if untried else ""
+        raise StageIncomplete(
+            f"{config.stage}: {len(failed)} of {rows_in_total} rows failed ({because}){skipped}; output {out} holds "
+            f"what succeeded, rerun to retry them (or raise max_failed_fraction={config.max_failed_fraction:g} to "
+            "accept the loss)"
+        )
+    log.warning("%s: %d of %d rows failed; accepted by max_failed_fraction", config.stage, len(failed), rows_in_total)
+    for shard in pending:
+        result, seconds = saved[shard.index]
+        for row in result.failed:
+            result.remove(row["row"], "failed", {"error": row["reason"]})
+        result.failed = []
+        write_shard(out, shard, result, seconds, keep_removed=config.keep_removed)
 
 
 def run_row_stage(stage_class: type[RowStage], config: StageConfig, force: bool = False) -> dict[str, Any]:

@@ -9,6 +9,7 @@ writes the manifest. This module sits below both, so that dependencies point one
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
@@ -38,12 +39,46 @@ class ShardResult:
     tokens_out: int = 0
     counts: Counter = field(default_factory=Counter)  # any other per-stage tallies
     removed: list[dict] = field(default_factory=list)  # removed rows, {id, reason, evidence, row}: OUTPUT/removed/
+    # Input rows whose engine calls failed for good, {id, reason, row}: pending, retried by the next run.
+    failed: list[dict] = field(default_factory=list)
+    # The input id each output row came from, where the stage records it with `keep` (stages that can `fail`
+    # must): a retry's rows are merged in input order by it.
+    sources: list[Any] = field(default_factory=list)
+
+    def keep(self, out_row: dict, source: dict) -> None:
+        """Add `out_row`, made from the input row `source`."""
+        self.rows.append(out_row)
+        self.sources.append(source.get("id"))
 
     def remove(self, row: dict, reason: str, evidence: Any = None) -> None:
         """Drop `row` for `reason`, keeping it with the evidence for the decision (a judge's output, a score,
         the matching n-gram) so that what a filter removed can be inspected, not only counted."""
         self.dropped[reason] += 1
         self.removed.append({"id": row.get("id"), "reason": reason, "evidence": evidence, "row": row})
+
+    def fail(self, row: dict, reason: str) -> None:
+        """`row` could not be processed (its engine request failed after retries): it is neither kept nor
+        removed, and the shard stays pending until a rerun processes it."""
+        self.failed.append({"id": row.get("id"), "reason": reason, "row": row})
+
+    def merged(self, retry: "ShardResult", shard: Shard) -> "ShardResult":
+        """This earlier result with `retry` (the rows that had failed, processed again), in input order."""
+        position = {row.get("id"): i for i, row in enumerate(shard.rows)}
+        if len(self.sources) != len(self.rows) or len(retry.sources) != len(retry.rows):
+            raise RuntimeError("a stage that fails rows must add its rows with ShardResult.keep")
+        kept = sorted(
+            zip(self.sources + retry.sources, self.rows + retry.rows), key=lambda pair: position.get(pair[0], -1)
+        )
+        return ShardResult(
+            rows=[row for _, row in kept],
+            sources=[source for source, _ in kept],
+            dropped=self.dropped + retry.dropped,
+            tokens_in=self.tokens_in + retry.tokens_in,
+            tokens_out=self.tokens_out + retry.tokens_out,
+            counts=self.counts + retry.counts,
+            removed=sorted(self.removed + retry.removed, key=lambda r: position.get(r["id"], -1)),
+            failed=retry.failed,
+        )
 
 
 class RowStage(ABC):
@@ -133,6 +168,34 @@ class RowStage(ABC):
         return torch.cuda.get_device_name(), gpus
 
 
+def run_shard(stage: RowStage, shard: Shard, out: Path) -> dict:
+    """Process one pending shard and write it; what both executors call for each shard.
+
+    A shard whose earlier run left failed rows (OUTPUT/.partial/) has only those rows processed again,
+    merged with what had succeeded: finished rows are never redone, ids and order stay those of one run.
+    """
+    started = time.time()
+    earlier, seconds = read_partial(out, shard.index)
+    if earlier is None:
+        result = stage.process(shard)
+    else:
+        retry_ids = {failed["id"] for failed in earlier.failed}
+        retry = stage.process(Shard(shard.index, [row for row in shard.rows if row.get("id") in retry_ids]))
+        result = earlier.merged(retry, shard)
+    return write_shard(out, shard, result, seconds + time.time() - started, stage.devices(), stage.config.keep_removed)
+
+
+def read_partial(out: Path, index: int) -> tuple[ShardResult | None, float]:
+    """The saved result of a shard that had failed rows, and the seconds spent on it so far."""
+    path = io.partial_path(out, index)
+    if not path.is_file():
+        return None, 0.0
+    saved = json.loads(path.read_text())
+    seconds = saved.pop("seconds")
+    saved["dropped"], saved["counts"] = Counter(saved["dropped"]), Counter(saved["counts"])
+    return ShardResult(**saved), seconds
+
+
 def write_shard(
     out: Path,
     shard: Shard,
@@ -141,7 +204,10 @@ def write_shard(
     devices: tuple[str, int] = ("cpu", 0),
     keep_removed: bool = True,
 ) -> dict:
-    """Removed rows and stats first, then the rows: a shard counts as done only once its rows file is in place."""
+    """Removed rows and stats first, then the rows: a shard counts as done only once its rows file is in place.
+
+    A result with failed rows is saved whole under OUTPUT/.partial/ instead, and the shard stays pending.
+    """
     stats = {
         "device": devices[0],
         "gpus": devices[1],
@@ -153,8 +219,13 @@ def write_shard(
         "tokens_out": result.tokens_out,
         "seconds": round(seconds, 3),
     }
+    if result.failed:
+        saved = {name: getattr(result, name) for name in ShardResult.__dataclass_fields__} | {"seconds": seconds}
+        io.atomic_write_text(io.partial_path(out, shard.index), json.dumps(saved, ensure_ascii=False))
+        return {**stats, "failed": len(result.failed)}
     if keep_removed and result.removed:
         io.atomic_write_text(io.removed_path(out, shard.index), io.to_jsonl(result.removed))
     io.atomic_write_text(io.stats_path(out, shard.index), json.dumps(stats))
     io.atomic_write_text(io.shard_path(out, shard.index), io.to_jsonl(result.rows))
-    return stats
+    io.partial_path(out, shard.index).unlink(missing_ok=True)
+    return {**stats, "failed": 0}

@@ -43,8 +43,6 @@ class LoraOptions(Section):
 class TrainingOptions(StageConfig):
     """Fields shared by training stages; `output` is the model directory."""
 
-    runtime_fields = StageConfig.runtime_fields | {"logging_steps", "save_steps", "keep_checkpoints"}
-
     model: str = Field("embedded", description="Model to train: HF id, local directory or 'embedded'.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `model`; default: main.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data.")

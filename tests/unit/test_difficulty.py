@@ -98,6 +98,7 @@ def label_config(tmp_path, **overrides) -> DifficultyLabelConfig:
         grading_workers=1,
         shard_size=2,
         progress=False,
+        max_failed_fraction=0.25,  # the canned solver fails one of the four questions for good
     )
     values.update(overrides)
     return DifficultyLabelConfig(**values)
@@ -114,7 +115,7 @@ def test_label_records_fail_rates(tmp_path, monkeypatch):
     assert first["answers"] == ["72", "72", "70", None] and "responses" not in first
     assert rows[LABELLED[1]["question"]]["gold"] == "1000"
     assert manifest["rows_in"] == 4 and manifest["rows_out"] == 3
-    assert manifest["dropped"] == {"engine_failure": 1}
+    assert manifest["dropped"] == {"failed": 1}
     assert manifest["counts"]["samples"] == 12 and manifest["counts"]["no_answer"] == 2
     assert manifest["mean_fail_rate"] == 0.5 and manifest["input"] == str(tmp_path / "gsm8k.jsonl")
     assert manifest["fail_rate_histogram"] == {"very_easy": 1, "easy": 0, "medium": 1, "hard": 0, "very_hard": 1}

@@ -112,6 +112,7 @@ def run_canned(tmp_path, monkeypatch, **overrides):
     monkeypatch.setattr(solvability, "load_engine", lambda config: judge)
     source = write_questions(tmp_path / "questions.jsonl", list(CANNED) + ["   "])
     values = dict(input=source, output=tmp_path / "out", prompt_format="chat", shard_size=4, progress=False)
+    values["max_failed_fraction"] = 0.2  # the judge fails one question for good
     values.update(overrides)
     manifest = run_row_stage(FilterSolvability, FilterSolvabilityConfig(**values))
     return manifest, io.load_rows(tmp_path / "out"), judge
@@ -126,7 +127,7 @@ def test_filter_keeps_final_yes_only(tmp_path, monkeypatch):
     assert all(row["solvability_verdict"] == "yes" and row["generator"] == "g" for row in rows)
     assert rows[0]["solvability_judgement"] == CANNED[rows[0]["question"]]
     assert manifest["rows_in"] == 7 and manifest["rows_out"] == 2
-    assert manifest["dropped"] == {"unsolvable": 2, "undecided": 1, "engine_failure": 1, "empty": 1}
+    assert manifest["dropped"] == {"unsolvable": 2, "undecided": 1, "failed": 1, "empty": 1}
     assert manifest["counts"]["verdict_yes"] == 2 and manifest["counts"]["verdict_no"] == 2
     assert manifest["counts"]["verdict_undecided"] == 1
     assert manifest["judge_prompt"] == solvability.JUDGE_PROMPT

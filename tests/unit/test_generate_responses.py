@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scalequest.runner import run_row_stage
+from scalequest.runner import StageIncomplete, run_row_stage
 from scalequest import io
 from scalequest.engines.base import Completion, Engine, SamplingParams
 from scalequest.stages.generate_questions import shard_seed
@@ -52,7 +52,7 @@ class CannedEngine(Engine):
     @staticmethod
     def question_of(prompt) -> str:
         text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        return next((q for q in REPLIES if q in text), text)
+        return next((q for q in ALL_REPLIES if q in text), text)
 
     def generate(self, prompts, params):
         self.calls.append((prompts, params))
@@ -65,6 +65,9 @@ class CannedEngine(Engine):
                 else [Completion(t, 10, 5 + i, "stop" if i else "length") for i, t in enumerate(texts[: params.n])]
             )
         return self._count(results)
+
+
+ALL_REPLIES = {**REPLIES, QUESTIONS[1]["question"]: ["6 * 7 = \\boxed{42}", "42", "It is 42."]}
 
 
 def canned(engine: Engine):
@@ -98,7 +101,7 @@ def test_paper_defaults():
 def test_one_row_per_response_and_no_answer_responses_dropped(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
     engine = CannedEngine(REPLIES)
-    manifest = run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir))
+    manifest = run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir, max_failed_fraction=0.5))
     rows = io.load_rows(tmp_path / "out")
     assert [r["id"] for r in rows] == ["q0-r0", "q0-r2", "q2-r0", "q2-r2"]
     assert [r["answer"] for r in rows] == ["8", "8", "42", "x + 1"]
@@ -111,15 +114,47 @@ def test_one_row_per_response_and_no_answer_responses_dropped(tmp_path, tiny_mod
     assert (first["prompt_tokens"], first["completion_tokens"], first["finish_reason"]) == (10, 5, "length")
     assert "sampling" not in first
     assert manifest["rows_in"] == 3 and manifest["rows_out"] == 4
-    assert manifest["dropped"] == {"no_final_answer": 2, "engine_failure": 1}
+    assert manifest["dropped"] == {"no_final_answer": 2, "failed": 1}  # accepted by max_failed_fraction
     assert manifest["counts"]["responses_generated"] == 6 and manifest["counts"]["finish_length"] == 2
     assert manifest["tokens_in"] == 20 and manifest["tokens_out"] == 2 * (5 + 6 + 7)
     assert manifest["solver"] == str(tiny_model_dir)
 
 
+def test_failed_questions_stay_pending_and_a_rerun_retries_only_them(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    clean = run_row_stage(canned(CannedEngine(ALL_REPLIES)), config(source, tmp_path / "clean", tiny_model_dir))
+    out = tmp_path / "out"
+    settings = dict(shard_size=2)  # q0 and q1 share shard 0, q2 is shard 1
+    failing = CannedEngine(REPLIES)
+    with pytest.raises(StageIncomplete, match=r"1 of 3 rows failed \(the engine returned no completions: 1\)"):
+        run_row_stage(canned(failing), config(source, out, tiny_model_dir, **settings))
+    assert io.read_manifest(out) is None
+    assert not io.shard_path(out, 0).exists() and io.shard_path(out, 1).is_file()  # what succeeded is kept
+    assert (out / io.PARTIAL_DIR / "00000.json").is_file()
+
+    working = CannedEngine(ALL_REPLIES)
+    manifest = run_row_stage(canned(working), config(source, out, tiny_model_dir, **settings))
+    ((prompts, _),) = working.calls  # only the failed question is asked again
+    assert prompts == [[{"role": "user", "content": solve_message(QUESTIONS[1]["question"])}]]
+    assert [r["id"] for r in io.load_rows(out)] == [r["id"] for r in io.load_rows(tmp_path / "clean")]
+    assert io.load_rows(out) == io.load_rows(tmp_path / "clean")
+    for key in ("rows_in", "rows_out", "dropped", "counts", "tokens_in", "tokens_out"):
+        assert manifest[key] == clean[key], key
+    assert not any((out / io.PARTIAL_DIR).iterdir())
+    assert [r["id"] for r in io.read_removed(out)] == [r["id"] for r in io.read_removed(tmp_path / "clean")]
+
+
+def test_a_dead_engine_stops_after_the_first_shard_and_names_the_untried_rows(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    dead = CannedEngine({})
+    with pytest.raises(StageIncomplete, match="1 of 3 rows failed .* 2 not tried"):
+        run_row_stage(canned(dead), config(source, tmp_path / "out", tiny_model_dir, shard_size=1))
+    assert len(dead.calls) == 1
+
+
 def test_chat_prompt_and_sampling(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
-    engine = CannedEngine(REPLIES)
+    engine = CannedEngine(ALL_REPLIES)
     run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir, shard_size=2, sampling={"seed": 7}))
     (prompts, params), (_, params_1) = engine.calls
     assert prompts[0] == [{"role": "user", "content": solve_message(QUESTIONS[0]["question"])}]
@@ -129,7 +164,7 @@ def test_chat_prompt_and_sampling(tmp_path, tiny_model_dir):
 
 def test_plain_prompt_for_base_models(tmp_path, tiny_model_dir):
     source = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS[:1])
-    engine = CannedEngine(REPLIES)
+    engine = CannedEngine(ALL_REPLIES)
     run_row_stage(canned(engine), config(source, tmp_path / "out", tiny_model_dir, prompt_format="plain"))
     ((prompts, params),) = engine.calls
     assert prompts == [plain_solve_prompt(QUESTIONS[0]["question"])]
@@ -140,14 +175,14 @@ def test_carry_fields_and_question_field(tmp_path, tiny_model_dir):
     rows = [{"id": "a", "query": QUESTIONS[0]["question"], "generator": "gen", "difficulty": 0.5}]
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
     run_row_stage(
-        canned(CannedEngine(REPLIES)),
+        canned(CannedEngine(ALL_REPLIES)),
         config(source, tmp_path / "out", tiny_model_dir, question_field="query", carry_fields=["generator"]),
     )
     out = io.load_rows(tmp_path / "out")
     assert out[0]["question"] == rows[0]["query"] and out[0]["generator"] == "gen"
     assert "difficulty" not in out[0] and "query" not in out[0]
     with pytest.raises(io.DataError, match="row a has no field 'question'"):
-        run_row_stage(canned(CannedEngine(REPLIES)), config(source, tmp_path / "out2", tiny_model_dir))
+        run_row_stage(canned(CannedEngine(ALL_REPLIES)), config(source, tmp_path / "out2", tiny_model_dir))
 
 
 def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):

@@ -288,6 +288,34 @@ def test_resume_regenerates_only_the_missing_shard(finished, reference, tiny_mod
         assert manifest[key] == ref_manifest[key], key
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"engine": {"batch_size": 1}}, {"keep_removed": False}, {"max_failed_fraction": 0.5}],
+    ids=["lower-batch-size", "keep-removed", "max-failed-fraction"],
+)
+def test_an_operational_change_resumes_instead_of_starting_over(finished, reference, tiny_model_dir, change):
+    """E.g. a lower batch size after an out-of-memory error: finished shards stay, the rest is done."""
+    (finished / "shard-00001.jsonl").unlink()
+    (finished / io.MANIFEST).unlink()
+    before = shard_mtimes(finished)
+    engine = {"model": str(tiny_model_dir), **change.pop("engine", {})}
+    stage = Counting(gen_config(finished, tiny_model_dir, engine=engine, **change))
+    manifest = runner.run_stage(stage)
+    assert stage.processed == [1]
+    after = shard_mtimes(finished)
+    assert {name: after[name] for name in before} == before
+    assert manifest["config_hash"] == reference[1]["config_hash"]
+    assert [row["id"] for row in io.load_rows(finished)] == [row["id"] for row in reference[2]]
+
+
+def test_operational_fields_are_listed_in_one_place():
+    from scalequest.config import OPERATIONAL_FIELDS, without_operational
+
+    dump = {"output": "o", "batch_size": 8, "engine": {"batch_size": 4, "model": "m"}, "reward": {"max_retries": 1}}
+    assert without_operational(dump) == {"batch_size": 8, "engine": {"model": "m"}, "reward": {}}
+    assert {"*.batch_size", "*.max_concurrency", "*.request_timeout", "*.max_retries"} <= OPERATIONAL_FIELDS
+
+
 def test_resume_after_manifest_loss_only_rewrites_the_manifest(finished, reference, tiny_model_dir):
     (finished / io.MANIFEST).unlink()
     before = shard_mtimes(finished)

@@ -58,6 +58,12 @@ class Engine(ABC):
 
     def __init__(self) -> None:
         self.usage = Usage()
+        # Why prompt i of the latest `generate` call got no completions (failed for good after retries).
+        self.errors: dict[int, str] = {}
+
+    def failure(self, index: int) -> str:
+        """One line on why prompt `index` of the latest call got no completions, for the rerun message."""
+        return self.errors.get(index, "the engine returned no completions")
 
     @abstractmethod
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:

@@ -4,7 +4,7 @@ Raw-text prompts go to /v1/completions (the server applies no chat template), ch
 /v1/chat/completions. One HTTP request per prompt, at most `max_concurrency` in flight. Retries with
 exponential backoff on 408/409/429/5xx, timeouts and connection errors are the SDK's own (`max_retries`,
 honouring `retry-after`); a prompt that still fails is logged, counted in `usage.failures` and gets no
-completions, so the stage goes on without it.
+completions (its reason in `errors`): the stage keeps that row pending for a rerun.
 
 The API key is read from the environment variable `api_key_env` names and handed to the SDK client only:
 it is never stored on the engine, logged, or put in an exception.
@@ -65,15 +65,17 @@ class OpenAIEngine(Engine):
                 )
             )
         results: list[list[Completion]] = []
-        for answer in answers:
-            if answer is None:
+        self.errors = {}
+        for index, answer in enumerate(answers):
+            if isinstance(answer, str):
                 self.usage.failures += 1
+                self.errors[index] = answer
                 answer = []
             results.append(answer)
         return self._count(results)
 
-    def _request(self, prompt: Prompt, params: SamplingParams) -> list[Completion] | None:
-        """The completions of one prompt, or None when the request failed for good (after the SDK's retries)."""
+    def _request(self, prompt: Prompt, params: SamplingParams) -> list[Completion] | str:
+        """The completions of one prompt, or why the request failed for good (after the SDK's retries)."""
         kwargs = dict(
             model=self.config.model,
             n=params.n,
@@ -96,7 +98,8 @@ class OpenAIEngine(Engine):
             log.warning(
                 "openai engine: request to %s failed: %s", self.config.base_url or "the OpenAI API", self._describe(err)
             )
-            return None
+            status = getattr(err, "status_code", None)
+            return type(err).__name__ + (f" (HTTP {status})" if status else "")
 
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from scalequest.stage import RowStage, Shard, write_shard
+from scalequest.stage import RowStage, Shard, run_shard
 
 
 def run_local(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int, done_rows: int = 0) -> None:
@@ -27,11 +26,11 @@ def run_local(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: i
             if not ready:  # load models only when some shard still needs work
                 stage.setup()
                 ready = True
-            started = time.time()
-            result = stage.process(shard)
-            write_shard(out, shard, result, time.time() - started, stage.devices(), stage.config.keep_removed)
-            tokens += result.tokens_out
+            stats = run_shard(stage, shard, out)
+            tokens += stats["tokens_out"]
             bar.update(len(shard.rows))
+            if shard.rows and stats["failed"] == len(shard.rows):
+                break  # nothing got through (a server down?): leave the rest pending, the runner says so
             bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.1f}", refresh=False)
     finally:
         bar.close()

@@ -16,7 +16,6 @@ import pickle
 import re
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Iterable
 from itertools import chain
@@ -29,7 +28,7 @@ from ray.util.queue import Queue
 from tqdm.auto import tqdm
 
 from scalequest.config import ConfigError
-from scalequest.stage import RowStage, Shard, write_shard
+from scalequest.stage import RowStage, Shard, run_shard
 
 READ_CPUS = 0.1  # the one read task mostly waits on the queue; a whole CPU would starve small nodes
 SHARDS_IN_FLIGHT_PER_WORKER = 4  # fed but not yet finished: keeps every worker busy, bounds memory
@@ -145,20 +144,7 @@ class ShardWorker:
         stats = []
         for blob in batch["shard"]:
             shard = pickle.loads(blob)
-            started = time.time()
-            result = self.stage.process(shard)
-            stats.append(
-                json.dumps(
-                    write_shard(
-                        self.out,
-                        shard,
-                        result,
-                        time.time() - started,
-                        self.stage.devices(),
-                        self.stage.config.keep_removed,
-                    )
-                )
-            )
+            stats.append(json.dumps(run_shard(self.stage, shard, self.out)))
         return {"index": batch["index"], "stats": stats}
 
     def __del__(self):  # Ray Data calls it when it shuts the actor down

@@ -162,9 +162,9 @@ class LabelDifficulty(RowStage):
         outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
         result = ShardResult(rows=[])
         answered = []
-        for row, completions in zip(shard.rows, outputs):
+        for index, (row, completions) in enumerate(zip(shard.rows, outputs)):
             if not completions:
-                result.remove(row, "engine_failure")
+                result.fail(row, self.engine.failure(index))
                 continue
             result.tokens_in += completions[0].prompt_tokens
             result.tokens_out += sum(c.completion_tokens for c in completions)
@@ -178,7 +178,7 @@ class LabelDifficulty(RowStage):
             result.counts["samples"] += len(answers)
             result.counts["no_answer"] += sum(a is None for a in answers)
             result.counts["grading_timeouts"] += sum(g.timed_out for g in graded)
-            result.rows.append(
+            result.keep(
                 {
                     **row,
                     "fail_rate": 1 - correct / len(answers),
@@ -187,7 +187,8 @@ class LabelDifficulty(RowStage):
                     "answers": answers,
                     **({"responses": [c.text for c in completions]} if config.keep_responses else {}),
                     "solver": config.engine.model,
-                }
+                },
+                row,
             )
         return result
 

@@ -134,20 +134,22 @@ class Evaluate(RowStage):
         per_row_seconds = (time.time() - started) / max(len(shard.rows), 1)
         result = ShardResult(rows=[])
         pending = []
-        for row, completions in zip(shard.rows, outputs):
+        for index, (row, completions) in enumerate(zip(shard.rows, outputs)):
+            if not completions:  # a failed request is not a wrong answer: pending for a rerun
+                result.fail(row, self.engine.failure(index))
+                continue
             answers = [extract_answer(c.text) for c in completions]
             predicted = answers[0] if len(answers) == 1 else majority_answer(answers)
-            if completions:
-                result.tokens_in += completions[0].prompt_tokens
+            result.tokens_in += completions[0].prompt_tokens
             result.tokens_out += sum(c.completion_tokens for c in completions)
             pending.append((predicted, row["gold"]))
-            result.rows.append(
+            result.keep(
                 {
                     "id": row["id"],
                     "benchmark": row["benchmark"],
                     "question": row["question"],
                     "prompt": self.prompt(row["question"]),
-                    "response": completions[0].text if completions else None,
+                    "response": completions[0].text,
                     **(
                         {"responses": [c.text for c in completions], "sample_answers": answers}
                         if sampling.n > 1
@@ -155,9 +157,10 @@ class Evaluate(RowStage):
                     ),
                     "extracted_answer": predicted,
                     "gold": row["gold"],
-                    "response_tokens": sum(c.completion_tokens for c in completions) / max(len(completions), 1),
+                    "response_tokens": sum(c.completion_tokens for c in completions) / len(completions),
                     "seconds": round(per_row_seconds, 4),
-                }
+                },
+                row,
             )
         grades = grade_many(pending, workers=self.config.grading_workers, timeout=self.config.grading_timeout)
         for out, graded in zip(result.rows, grades):

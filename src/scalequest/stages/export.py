@@ -64,7 +64,6 @@ class ExportConfig(RowStageConfig):
     """Write the final dataset as a Hugging Face dataset folder (Parquet + JSONL) with a dataset card."""
 
     stage = "export"
-    runtime_fields = RowStageConfig.runtime_fields | {"push_to_hub", "private"}
 
     question_field: str = Field("question", description="Input field exported as `query`.")
     response_field: str = Field("response", description="Input field exported as `response`.")

@@ -240,7 +240,6 @@ class FilterDifficultyConfig(ScoreDifficultyConfig):
     """Score questions with the difficulty regressor and drop easy ones by a rule per generator."""
 
     stage = "filter-difficulty"
-    runtime_fields: ClassVar[set[str]] = ScoreDifficultyConfig.runtime_fields | {"scores_dir"}
 
     default_rule: DifficultyRule = Field(
         default_factory=lambda: DifficultyRule(bottom_fraction=0.1),

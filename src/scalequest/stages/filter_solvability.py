@@ -146,9 +146,9 @@ class FilterSolvability(RowStage):
                 result.remove(row, "empty")
         params = sampling.params(sampling.seed + shard.index, n=1)  # one verdict per question; greedy by default
         outputs = self.engine.generate([self.prompt(row[config.field]) for row in to_judge], params) if to_judge else []
-        for row, completions in zip(to_judge, outputs):
+        for index, (row, completions) in enumerate(zip(to_judge, outputs)):
             if not completions:
-                result.remove(row, "engine_failure")
+                result.fail(row, self.engine.failure(index))
                 continue
             completion = completions[0]
             result.tokens_in += completion.prompt_tokens
@@ -161,7 +161,7 @@ class FilterSolvability(RowStage):
             elif verdict == "undecided" and not config.keep_undecided:
                 result.remove(row, "undecided", {"judgement": completion.text})
             else:
-                result.rows.append({**row, "solvability_verdict": verdict, "solvability_judgement": completion.text})
+                result.keep({**row, "solvability_verdict": verdict, "solvability_judgement": completion.text}, row)
         return result
 
     def teardown(self) -> None:

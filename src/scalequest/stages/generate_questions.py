@@ -85,12 +85,12 @@ class GenerateQuestions(RowStage):
         for number, row in enumerate(shard.rows):
             group = outputs[number // params.n]
             if len(group) <= number % params.n:
-                result.remove(row, "engine_failure")
+                result.fail(row, self.engine.failure(number // params.n))
                 continue
             completion = group[number % params.n]
             result.tokens_out += completion.completion_tokens
             result.counts[f"finish_{completion.finish_reason}"] += 1
-            result.rows.append(
+            result.keep(
                 {
                     "id": row["id"],
                     "question": completion.text.strip(),
@@ -104,7 +104,8 @@ class GenerateQuestions(RowStage):
                     "prompt_tokens": completion.prompt_tokens,
                     "completion_tokens": completion.completion_tokens,
                     "finish_reason": completion.finish_reason,
-                }
+                },
+                row,
             )
         return result
 

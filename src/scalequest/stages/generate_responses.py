@@ -95,9 +95,9 @@ class GenerateResponses(RowStage):
         questions = [row[self.config.question_field] for row in shard.rows]
         outputs = self.engine.generate([solve_prompt(q, self.chat) for q in questions], params)
         result = ShardResult(rows=[])
-        for row, question, completions in zip(shard.rows, questions, outputs):
-            if not completions:  # the engine gave up on this prompt for good
-                result.remove(row, "engine_failure")
+        for index, (row, question, completions) in enumerate(zip(shard.rows, questions, outputs)):
+            if not completions:  # the engine gave up on this prompt for good: pending for a rerun
+                result.fail(row, self.engine.failure(index))
                 continue
             result.tokens_in += completions[0].prompt_tokens
             kept = 0
@@ -110,7 +110,7 @@ class GenerateResponses(RowStage):
                     result.remove(row, "no_final_answer", {"response": completion.text, "sample": sample_index})
                     continue
                 kept += 1
-                result.rows.append(
+                result.keep(
                     {
                         **self.carried(row),
                         "id": f"{row['id']}-r{sample_index}",
@@ -123,7 +123,8 @@ class GenerateResponses(RowStage):
                         "completion_tokens": completion.completion_tokens,
                         "finish_reason": completion.finish_reason,
                         "solver": self.config.engine.model,
-                    }
+                    },
+                    row,
                 )
             if kept == 0:
                 result.counts["questions_without_answer"] += 1
@@ -136,7 +137,7 @@ class GenerateResponses(RowStage):
         return {
             "solver": self.config.engine.model,
             "responses_per_question": self.config.sampling.n,
-            # rows_in counts questions and rows_out responses; dropped.engine_failure counts questions,
-            # dropped.no_final_answer responses.
+            # rows_in counts questions and rows_out responses; dropped.failed (failures accepted by
+            # max_failed_fraction) counts questions, dropped.no_final_answer responses.
             "row_units": {"in": "questions", "out": "responses"},
         }

@@ -161,7 +161,8 @@ class BuildQPOData(RowStage):
     def process(self, shard: Shard) -> ShardResult:
         config = self.config
         sampled = self.questions.process(shard)
-        result = ShardResult(rows=[], tokens_in=sampled.tokens_in, tokens_out=sampled.tokens_out)
+        result = ShardResult(rows=[], tokens_in=sampled.tokens_in, tokens_out=sampled.tokens_out, failed=sampled.failed)
+        source = {row["id"]: row for row in shard.rows}  # a question keeps the id of the input row it came from
         for removed in sampled.removed:
             result.remove(removed["row"], f"generator_{removed['reason']}", removed["evidence"])
         originals = []
@@ -178,11 +179,11 @@ class BuildQPOData(RowStage):
         if reply_prefix:
             prompts = [prompt + [{"role": "assistant", "content": reply_prefix}] for prompt in prompts]
         outputs = self.optimizer.generate(prompts, params) if prompts else []
-        for row, direction, completions in zip(originals, directions, outputs):
-            result.counts[f"direction_{direction}"] += 1
-            if not completions:  # failed for good (after the engine's retries) or timed out
-                result.remove(row, "optimizer_failure", {"direction": direction})
+        for index, (row, direction, completions) in enumerate(zip(originals, directions, outputs)):
+            if not completions:  # failed for good (after the engine's retries): pending for a rerun
+                result.fail(source[row["id"]], "optimizer: " + self.optimizer.failure(index))
                 continue
+            result.counts[f"direction_{direction}"] += 1
             completion = completions[0]
             reply = reply_prefix + completion.text
             result.tokens_in += completion.prompt_tokens
@@ -195,7 +196,7 @@ class BuildQPOData(RowStage):
                 )
                 continue
             result.counts[f"pairs_{direction}"] += 1
-            result.rows.append(
+            result.keep(
                 {
                     "id": row["id"],
                     "prompt": self.questions.prompt,
@@ -206,7 +207,8 @@ class BuildQPOData(RowStage):
                     "optimizer": config.optimizer.model,
                     "optimizer_output": reply,
                     "optimizer_finish_reason": completion.finish_reason,
-                }
+                },
+                source[row["id"]],
             )
         return result
 
