@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -155,6 +156,12 @@ class HFEngineConfig(ModelLoading):
     batch_size: int | None = Field(
         None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU."
     )
+    context_overflow: Literal["error", "clamp"] = Field(
+        "error",
+        description="hf engine: when a prompt + sampling.max_new_tokens exceed the model's context: error (stop "
+        "before generating) or clamp (generate only what fits, with a warning). A prompt that fills the context "
+        "alone is an error either way.",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm).",
@@ -193,6 +200,18 @@ class OpenAIEngineConfig(ModelLoading):
         description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.",
     )
     request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
+
+    def api_key(self) -> str:
+        """The key from `api_key_env`; a local server (base_url) accepts any key unless started with one."""
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if self.base_url is None:
+            raise ConfigError(
+                f"engine=openai without base_url talks to the OpenAI API, which needs a key: set the environment "
+                f"variable {self.api_key_env} (or engine.base_url for a local server)"
+            )
+        return "EMPTY"
 
 
 ENGINE_CONFIGS: dict[str, type[ModelLoading]] = {

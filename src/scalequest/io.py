@@ -115,6 +115,11 @@ def input_files(source: Path) -> list[Path]:
 
 def read_file(path: Path) -> Iterator[dict]:
     """Rows of one JSONL, JSON (a list of objects) or Parquet file; a bad line is named by file and line."""
+    return (row for _, row in numbered_rows(path))
+
+
+def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a JSONL file; (position from 1, row) of a JSON list or a Parquet file."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -122,7 +127,7 @@ def read_file(path: Path) -> Iterator[dict]:
             table = pq.read_table(path)
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-        yield from table.to_pylist()
+        yield from enumerate(table.to_pylist(), start=1)
         return
     try:
         handle = open(path, "rb")
@@ -136,7 +141,7 @@ def read_file(path: Path) -> Iterator[dict]:
                 raise DataError(f"{path}: not valid JSON ({err})") from None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise DataError(f"{path}: a .json input must hold a list of objects")
-            yield from data
+            yield from enumerate(data, start=1)
             return
         # Lines are decoded one by one, so an error names the exact line.
         for line_number, raw in enumerate(handle, start=1):
@@ -152,12 +157,17 @@ def read_file(path: Path) -> Iterator[dict]:
                 raise DataError(f"{path}:{line_number}: corrupt JSONL line ({err.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_number}: each JSONL line must be an object")
-            yield row
+            yield line_number, row
 
 
 def read_rows(source: "DataSource | Path | str") -> Iterator[dict]:
     """Every row of a data source, with an `id` added where the data has none (file stem or dataset name +
     row number) and the source's field renames applied."""
+    return (row for _, row in located_rows(source))
+
+
+def located_rows(source: "DataSource | Path | str") -> Iterator[tuple[str, dict]]:
+    """`read_rows` with where each row is: FILE:LINE, or the dataset and row number."""
     source = as_source(source)
     if source.hub is not None:
         data = load_hub(source.hub, source.config, source.split, source.revision)
@@ -165,24 +175,27 @@ def read_rows(source: "DataSource | Path | str") -> Iterator[dict]:
         if missing:
             raise DataError(f"input {source} has no field {missing[0]!r} (fields: {', '.join(data.column_names)})")
         name = source.hub.rstrip("/").split("/")[-1]
-        rows = ({"id": f"{name}-{number}", **row} if "id" not in row else row for number, row in enumerate(data))
+        rows = (
+            (f"{source} row {number + 1}", {"id": f"{name}-{number}", **row} if "id" not in row else row)
+            for number, row in enumerate(data)
+        )
     else:
         rows = _read_local(bundled_file(source.bundled) if source.bundled is not None else source.path)
-    for row in rows:
+    for where, row in rows:
         for ours, theirs in source.fields.items():
             if theirs not in row:
                 raise DataError(f"input {source}: row {row['id']} has no field {theirs!r} (fields: {', '.join(row)})")
             row[ours] = row.pop(theirs)
-        yield row
+        yield where, row
 
 
-def _read_local(path: Path) -> Iterator[dict]:
+def _read_local(path: Path) -> Iterator[tuple[str, dict]]:
     for file in input_files(path):
         stem = file.stem
-        for number, row in enumerate(read_file(file)):
+        for number, (line, row) in enumerate(numbered_rows(file)):
             if "id" not in row:
                 row = {"id": f"{stem}-{number}", **row}
-            yield row
+            yield f"{file}:{line}", row
 
 
 def load_hub(dataset_id: str, config: str | None, split: str, revision: str | None):

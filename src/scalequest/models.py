@@ -139,6 +139,56 @@ def model_provenance(config, commits: bool = True) -> dict[str, dict]:
     return found
 
 
+def model_fingerprint(name: str, revision: str | None = None) -> str:
+    """What identifies the weights a model name stands for, so that a changed model reruns the stages that read
+    it: an earlier stage's output by its manifest (a retrain writes a new one), another local folder by its files'
+    names, sizes and modification times, a Hub id by the commit it resolves to (or the revision asked for)."""
+    import hashlib
+
+    if name == EMBEDDED:
+        return EMBEDDED
+    path = Path(name).expanduser()
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if (path / "config.yaml").is_file() and not manifest.is_file():
+            raise ModelError(f"model {name} is the output of a stage that has not finished; rerun that stage first")
+        digest = hashlib.sha256()
+        if manifest.is_file():
+            digest.update(manifest.read_bytes())
+        else:
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        return digest.hexdigest()[:16]
+    if path.exists():  # a single file (e.g. a GGUF)
+        stat = path.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    return hub_commit(name, revision) or hub_head(name, revision) or f"{name}@{revision or 'main'}"
+
+
+def hub_head(name: str, revision: str | None) -> str | None:
+    """The commit a Hub model's revision points at now, asked of the Hub (None offline or on any failure), so that
+    the fingerprint before the first download equals the one read from the cache afterwards."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(name, revision=revision, timeout=10).sha
+    except Exception:  # noqa: BLE001 - offline, gated, unknown: the name and revision are all we have
+        return None
+
+
+def models_fingerprint(config) -> str:
+    """One hash over the fingerprints of every model a config names (see `model_provenance`)."""
+    import hashlib
+    import json
+
+    models = {
+        field: model_fingerprint(entry["model"], entry["revision"])
+        for field, entry in model_provenance(config, commits=False).items()
+    }
+    return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # Config fields naming a model -> the field holding its revision.
 MODEL_FIELDS = {"model": "revision", "regressor": "regressor_revision"}
 
@@ -149,5 +199,5 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     source = resolve_model(name, revision)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # transformers raises either for a folder without (a usable) tokenizer
         raise ModelError(f"cannot load tokenizer {name!r}: {str(err).splitlines()[0]}") from None

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
+import socket
 import time
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,8 +23,8 @@ from typing import Any
 import yaml
 
 from scalequest import io
-from scalequest.config import RowStageConfig, StageConfig
-from scalequest.models import model_provenance
+from scalequest.config import DataSource, OpenAIEngineConfig, RowStageConfig, StageConfig
+from scalequest.models import model_provenance, models_fingerprint
 from scalequest.stage import RowStage, Shard, ShardResult, read_partial, write_shard
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,88 @@ def package_versions() -> dict[str, str]:
 
 
 def run_hash(config: StageConfig, fingerprint: str | None) -> str:
-    return f"{config.config_hash()}-{fingerprint or 'none'}"
+    """What a finished output must match to count as done: the config, the input data and the models read."""
+    return f"{config.config_hash()}-{fingerprint or 'none'}-{models_fingerprint(config)}"
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Hold OUTPUT/.lock while a driver works on `out`, so that a second driver is refused; a lock whose process
+    is gone (killed) is taken over. Creates the folder; removes it again when this run left it empty."""
+    if out.exists() and not out.is_dir():
+        raise io.DataError(f"output {out} exists and is not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path, mine = out / LOCK, f"{socket.gethostname()} {os.getpid()}"
+    while True:
+        try:
+            with open(path, "x") as handle:  # exclusive create: of two drivers, one wins
+                handle.write(mine)
+            break
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+                log.warning("%s: taking over the lock of process %s, which is gone", out, pid)
+                path.unlink(missing_ok=True)
+                continue
+            raise io.DataError(
+                f"output {out} is in use by process {pid or '?'} on {host or '?'}; wait for it to finish (if that "
+                f"process is gone, delete {path})"
+            ) from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def check_output_apart_from_inputs(config: StageConfig) -> None:
+    """An output that is an input, or inside one, or holds one, would delete or mix up the input: refused even
+    with --force."""
+    out = config.output.resolve()
+    for source in input_paths(config):
+        path = source.resolve()
+        if path == out or out in path.parents or path in out.parents:
+            raise io.DataError(
+                f"output {config.output} overlaps input {source}: a stage must write to a folder apart from its "
+                "inputs; choose another output"
+            )
+
+
+def input_sources(config: StageConfig) -> list[DataSource]:
+    """Every data input a config names (`input`, `inputs`, a training stage's sources)."""
+    found = []
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        found += [
+            source for source in (value if isinstance(value, list) else [value]) if isinstance(source, DataSource)
+        ]
+    return found
+
+
+def input_paths(config: StageConfig) -> list[Path]:
+    """Local paths of every data input a config names (a glob counts as its fixed leading folder)."""
+    paths = []
+    for source in input_sources(config):
+        if source.path is not None:
+            text = str(source.path)
+            cut = min((text.index(c) for c in "*?[" if c in text), default=None)
+            paths.append(Path(text[:cut]).parent if cut is not None else source.path)
+    return paths
 
 
 def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) -> bool:
@@ -60,7 +144,7 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
     wanted = run_hash(config, fingerprint)
     if out.exists() and not out.is_dir():
         raise io.DataError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(path.name != LOCK for path in out.iterdir()):
         saved_path = out / io.CONFIG
         if not saved_path.is_file():
             raise io.DataError(
@@ -75,15 +159,16 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
         same = saved.get("run_hash") == wanted
         if same and io.read_manifest(out) is not None and not force:
             return True
-        started_work = any(path.name != io.CONFIG for path in out.iterdir())
+        started_work = any(path.name not in (io.CONFIG, LOCK) for path in out.iterdir())
         if not same and started_work and not force:
             raise io.DataError(
-                f"output folder {out} holds a {config.stage} run with another config or input; pass --force to start "
-                "over, or choose another output"
+                f"output folder {out} holds a {config.stage} run with another config, input or model; pass --force to "
+                "start over, or choose another output"
             )
         if force:
             for path in out.iterdir():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                if path.name != LOCK:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     io.remove_temporary_files(out)
     (out / io.MANIFEST).unlink(missing_ok=True)
@@ -93,23 +178,27 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
 
 
 def check_input_finished(config: StageConfig) -> None:
-    """An input folder whose stage never finished would silently give a partial dataset: name that stage."""
-    source = getattr(config, "input", None)
-    folder = io.stage_folder(source) if source is not None else None
-    if folder is not None and io.read_manifest(folder) is None:
-        saved = yaml.safe_load((folder / io.CONFIG).read_text()) or {}
-        raise io.DataError(
-            f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that stage "
-            "first"
-        )
+    """An input folder whose stage never finished would silently give a partial dataset (or train on one): name
+    that stage. Row-wise and training stages alike."""
+    for source in input_sources(config):
+        folder = io.stage_folder(source)
+        if folder is not None and io.read_manifest(folder) is None:
+            saved = yaml.safe_load((folder / io.CONFIG).read_text()) or {}
+            raise io.DataError(
+                f"input {source} is the output of stage {saved.get('stage')!r}, which has not finished; rerun that "
+                "stage first"
+            )
 
 
 def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     """Run a row-wise stage to completion (resuming finished shards) and return its manifest."""
-    config, out = stage.config, stage.config.output
-    started = time.time()
+    config = stage.config
     stage.force = force
+    check_output_apart_from_inputs(config)
     check_input_finished(config)
+    for name in type(config).model_fields:  # a missing API key fails here, not once the output exists
+        if isinstance(engine := getattr(config, name), OpenAIEngineConfig):
+            engine.api_key()
     stage.check()
     if config.executor.kind == "ray":
         from scalequest.executors.ray import check_cluster
@@ -117,6 +206,13 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
         check_cluster(stage)  # an unreachable cluster or too few GPUs fails before anything is written
     fingerprint = stage.input_fingerprint()
     rows_in_total = stage.count_input_rows()
+    with output_lock(config.output):
+        return run_locked(stage, fingerprint, rows_in_total, force)
+
+
+def run_locked(stage: RowStage, fingerprint: str | None, rows_in_total: int, force: bool) -> dict[str, Any]:
+    config, out = stage.config, stage.config.output
+    started = time.time()
     if prepare_output(config, fingerprint, force):
         log.info("%s: already finished in %s (same config and input); pass --force to redo", config.stage, out)
         manifest = io.read_manifest(out)

@@ -107,7 +107,7 @@ class RowStage(ABC):
         return None
 
     def required_fields(self) -> tuple[str, ...]:
-        """Fields every input row must have; checked before any output is written."""
+        """Text fields every input row must have (strings); checked before any output is written."""
         return ()
 
     def gpus_per_replica(self) -> int:
@@ -118,17 +118,36 @@ class RowStage(ABC):
         return max((getattr(e, "tensor_parallel_size", 1) for e in local), default=0)
 
     def count_input_rows(self) -> int:
-        """Read the whole input once, so a corrupt line or a missing field fails before any output."""
+        """Read the whole input once, so that a corrupt line, a duplicate id or a missing or mistyped field fails
+        before any output is written; each is named by file and line."""
         assert isinstance(self.config, RowStageConfig)
-        required = self.required_fields()
+        source, required, id_fields = self.config.input, self.required_fields(), self.id_fields()
+        seen: set = set()
         count = 0
-        for count, row in enumerate(io.read_rows(self.config.input), start=1):
-            missing = [name for name in required if name not in row]
-            if missing:
-                raise io.DataError(
-                    f"input {self.config.input}: row {row['id']} has no field {missing[0]!r} (fields: {', '.join(row)})"
-                )
+        for count, (where, row) in enumerate(io.located_rows(source), start=1):
+            for name in id_fields:
+                if name not in row:
+                    raise io.DataError(f"{where}: the row has no field {name!r}")
+                value = row[name]
+                if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+                    raise io.DataError(f"{where}: {name} must be a non-empty string or an integer, not {value!r}")
+            for name in required:
+                if name not in row:
+                    raise io.DataError(f"{where}: row {row['id']} has no field {name!r} (fields: {', '.join(row)})")
+                if not isinstance(row[name], str):
+                    raise io.DataError(
+                        f"{where}: row {row['id']}: field {name!r} must be text, not "
+                        f"{type(row[name]).__name__} ({str(row[name])[:40]})"
+                    )
+            if row["id"] in seen:
+                first = next(w for w, r in io.located_rows(source) if r["id"] == row["id"])
+                raise io.DataError(f"{where}: duplicate id {row['id']!r} (first at {first}); ids must be unique")
+            seen.add(row["id"])
         return count
+
+    def id_fields(self) -> tuple[str, ...]:
+        """Fields of every input row that hold an id (a non-empty string or an integer); `id` is unique."""
+        return ("id",)
 
     def input_shards(self) -> Iterator[Shard]:
         """Input rows cut into shards of `shard_size`; shard i of the input becomes shard i of the output."""

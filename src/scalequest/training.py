@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar
 
@@ -23,7 +24,13 @@ from pydantic import Field, field_validator
 from scalequest import io
 from scalequest.config import DataSource, Section, StageConfig
 from scalequest.models import model_provenance
-from scalequest.runner import package_versions, prepare_output
+from scalequest.runner import (
+    check_input_finished,
+    check_output_apart_from_inputs,
+    output_lock,
+    package_versions,
+    prepare_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,23 +193,35 @@ def run_training(
     build_trainer: Callable[[], Any],
     force: bool = False,
     check: Callable[[], None] | None = None,
+    fingerprint: str | None = None,
+    entries: dict | None = None,
 ) -> dict:
-    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save, write the manifest."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save, write the manifest.
 
+    `fingerprint` identifies the training data (default: that of `config.input`); `entries` go into the manifest.
+    """
     from accelerate import PartialState
 
     started = time.time()
+    check_output_apart_from_inputs(config)
+    check_input_finished(config)  # never train on what a killed or running stage left
     if check is not None:
         check()
-    fingerprint = io.input_fingerprint(config.input)
+    fingerprint = fingerprint or io.input_fingerprint(config.input)
     # Under `accelerate launch` every process runs this; only the main one touches the output folder.
     state = PartialState()
-    finished = prepare_output(config, fingerprint, force) if state.is_main_process else False
-    state.wait_for_everyone()
-    if finished or io.read_manifest(config.output) is not None:
-        log.info("%s: already finished in %s; pass --force to retrain", config.stage, config.output)
-        return io.read_manifest(config.output)
+    with output_lock(config.output) if state.is_main_process else nullcontext():
+        finished = prepare_output(config, fingerprint, force) if state.is_main_process else False
+        state.wait_for_everyone()
+        if finished or io.read_manifest(config.output) is not None:
+            log.info("%s: already finished in %s; pass --force to retrain", config.stage, config.output)
+            return io.read_manifest(config.output)
+        return train(config, build_trainer, state, started, fingerprint, entries or {})
+
+
+def train(config, build_trainer: Callable[[], Any], state, started: float, fingerprint: str, entries: dict) -> dict:
+    from transformers.trainer_utils import get_last_checkpoint
+
     trainer = build_trainer()
     checkpoints = config.output / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -218,9 +237,10 @@ def run_training(
         result,
         started,
         {
-            "input": str(config.input),
+            "input": str(config.input) if hasattr(config, "input") else None,
             "input_fingerprint": fingerprint,
             "rows_in": len(trainer.train_dataset),
+            **entries,
         },
     )
 

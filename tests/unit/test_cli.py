@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_stage_help_lists_every_field_with_description_and_default(stage, capsys
 
 def test_run_help_lists_stages_in_order(capsys):
     assert call(["run", "--help"]) == 0
-    assert ", ".join(STAGES) in " ".join(capsys.readouterr().out.split())
+    # argparse may wrap a line at a stage name's hyphen ("filter-\ndifficulty"): compare without whitespace.
+    assert ",".join(STAGES) in "".join(capsys.readouterr().out.split())
 
 
 # --- bad input: one line, exit code 2, no traceback ------------------------------------------------
@@ -244,6 +246,100 @@ def test_model_folder_without_a_model(tmp_path, capsys):
         ]
     )
     assert_one_error_line(capsys, code, "empty-model")
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_model_folder_without_a_tokenizer(tmp_path, tiny_model_dir, capsys):
+    model = tmp_path / "no-tokenizer"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, model / name)
+    code = call(["generate-questions", f"output={tmp_path / 'o'}", f"engine.model={model}", "num=2", "progress=false"])
+    assert_one_error_line(capsys, code, "no-tokenizer")
+    assert not (tmp_path / "o").exists()
+
+
+def test_openai_without_a_key_fails_before_the_output_exists(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SQ_TEST_NO_KEY", raising=False)
+    source = write_rows(tmp_path / "q.jsonl", [{"id": "a", "question": "What is 1 + 1?"}])
+    code = call(
+        [
+            "generate-responses",
+            f"input={source}",
+            f"output={tmp_path / 'o'}",
+            "engine.engine=openai",
+            "engine.model=gpt-4o-mini",
+            "engine.api_key_env=SQ_TEST_NO_KEY",
+            "progress=false",
+        ]
+    )
+    assert_one_error_line(capsys, code, "SQ_TEST_NO_KEY")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, fragment",
+    [
+        ([{"id": "a", "question": 12}], "field 'question' must be text, not int"),
+        ([{"id": ["a"], "question": "Q?"}], "id must be a non-empty string or an integer"),
+        ([{"id": "a", "question": "Q?"}, {"id": "a", "question": "R?"}], "duplicate id 'a'"),
+    ],
+    ids=["numeric-question", "list-id", "duplicate-id"],
+)
+def test_bad_rows_give_one_line_with_file_and_line(tmp_path, rows, fragment, capsys):
+    source = write_rows(tmp_path / "q.jsonl", rows)
+    for stage in (["filter-language"], ["decontaminate", "benchmarks=[gsm8k]"]):
+        code = call([*stage, f"input={source}", f"output={tmp_path / 'o'}", "progress=false"])
+        assert_one_error_line(capsys, code, fragment, f"q.jsonl:{len(rows)}")
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_equal_to_input_is_refused_and_the_input_kept(tmp_path, force, capsys):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_rows(source / "q.jsonl", [{"id": "a", "question": "What is 1 + 1?"}])
+    code = call(["filter-language", f"input={source}", f"output={source}", "progress=false", *force])
+    assert_one_error_line(capsys, code, "overlaps input")
+    assert (source / "q.jsonl").is_file()
+
+
+def test_training_on_an_unfinished_stage_output_is_refused(tmp_path, capsys):
+    source = tmp_path / "responses"
+    source.mkdir()
+    (source / "config.yaml").write_text("stage: generate-responses\nrun_hash: x\n")
+    write_rows(source / "shard-00000.jsonl", [{"id": "a", "question": "Q?", "response": "R"}])
+    code = call(["sft", f"input={source}", f"output={tmp_path / 'o'}", "progress=false"])
+    assert_one_error_line(capsys, code, "generate-responses", "has not finished")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dead_server_ends_with_exit_3_and_the_rows_pending(tmp_path, tiny_model_dir, capsys):
+    from scalequest.cli import EXIT_UNFINISHED
+
+    source = write_rows(tmp_path / "q.jsonl", [{"id": i, "question": f"What is {i} + 1?"} for i in range(4)])
+    argv = [
+        "generate-responses",
+        f"input={source}",
+        f"output={tmp_path / 'o'}",
+        "engine.engine=openai",
+        "engine.model=tiny",
+        f"engine.tokenizer={tiny_model_dir}",
+        "engine.base_url=http://127.0.0.1:9/v1",  # nothing listens on the discard port
+        "engine.max_retries=0",
+        "shard_size=2",
+        "progress=false",
+    ]
+    code = call(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == EXIT_UNFINISHED
+    assert last.startswith("error: generate-responses: 2 of 4 rows failed (APIConnectionError: 2), 2 not tried")
+    assert "rerun to retry them" in last
+    assert io.read_manifest(tmp_path / "o") is None and not list((tmp_path / "o").glob("shard-*.jsonl"))
 
 
 # --- --debug ---------------------------------------------------------------------------------------

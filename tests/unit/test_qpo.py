@@ -173,7 +173,7 @@ def test_reply_prefix_with_a_remote_optimizer_is_refused(tmp_path, tiny_model_di
     config = data_config(
         tmp_path,
         tiny_model_dir,
-        optimizer={"engine": "openai", "model": "gpt-4o-mini"},
+        optimizer={"engine": "openai", "model": "gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1"},
         optimizer_reply_prefix="Final question:",
     )
     with pytest.raises(ConfigError, match="optimizer_reply_prefix needs a local optimizer engine"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from scalequest import io, runner
 from scalequest.io import DataError
 from scalequest.models import ModelError
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, id_prefix
 
 MANIFEST_KEYS = {
     "stage",
@@ -392,7 +393,7 @@ FILTER_ROWS = [
     {"id": "k2", "question": "Find x: 2x = 4."},  # kept
     {"id": "d2", "question": " WHAT IS\n1+1? "},  # duplicate of k1
     {"id": "d3", "question": "Find x:\t2x  =  4."},  # duplicate of k2
-    {"id": "e3", "question": None},  # empty (not text)
+    {"id": "e3", "question": " "},  # empty
     {"id": "n2", "question": "H\u00e9llo?"},  # non-ASCII
     {"id": "k3", "question": "A brand new question?"},  # kept
 ]
@@ -470,8 +471,10 @@ def test_input_that_is_an_empty_stage_output_finishes_empty(tmp_path, tiny_model
 
 
 def test_generate_question_rows(reference, tiny_model_dir):
-    _, _, rows = reference
-    assert [row["id"] for row in rows] == [f"q{i:08d}" for i in range(12)]
+    folder, manifest, rows = reference
+    prefix = id_prefix(gen_config(folder, tiny_model_dir))
+    assert re.fullmatch(r"q-[0-9a-f]{6}-", prefix) and manifest["id_prefix"] == prefix
+    assert [row["id"] for row in rows] == [f"{prefix}{i:08d}" for i in range(12)]
     assert len({row["id"] for row in rows}) == 12
     for row in rows:
         assert set(row) == {
@@ -505,22 +508,22 @@ def test_generate_is_reproducible_and_ids_are_stable(reference, tmp_path, tiny_m
     assert io.load_rows(out) == reference[2]
 
 
-def test_seed_changes_the_text(reference, tmp_path, tiny_model_dir):
+def test_seed_changes_the_text_and_the_ids(reference, tmp_path, tiny_model_dir):
     out = tmp_path / "seed1"
     runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir, sampling={"max_new_tokens": 8, "seed": 1})))
     rows = io.load_rows(out)
-    assert [row["id"] for row in rows] == [row["id"] for row in reference[2]]
+    assert not {row["id"] for row in rows} & {row["id"] for row in reference[2]}  # another run: disjoint ids
+    assert [row["id"][-8:] for row in rows] == [row["id"][-8:] for row in reference[2]]
     changed = sum(a["question"] != b["question"] for a, b in zip(rows, reference[2]))
     assert changed >= 10, f"only {changed} of 12 questions changed with another seed"
 
 
 def test_generate_last_shard_is_short(tmp_path, tiny_model_dir):
     out = tmp_path / "odd"
-    manifest = runner.run_stage(
-        GenerateQuestions(gen_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2}))
-    )
+    config = gen_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2})
+    manifest = runner.run_stage(GenerateQuestions(config))
     assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-0000{i}.jsonl" for i in range(3)]
-    assert [row["id"] for row in io.load_rows(out)] == [f"q{i:08d}" for i in range(5)]
+    assert [row["id"] for row in io.load_rows(out)] == [f"{id_prefix(config)}{i:08d}" for i in range(5)]
     assert manifest["rows_out"] == 5 and manifest["shards"] == 3
 
 
@@ -528,7 +531,118 @@ def test_generate_with_n_samples_per_prompt_keeps_every_sample(tmp_path, tiny_mo
     config = gen_config(tmp_path / "q", tiny_model_dir, num=7, shard_size=7, sampling={"max_new_tokens": 6, "n": 3})
     manifest = runner.run_stage(GenerateQuestions(config))
     rows = io.load_rows(tmp_path / "q")
-    assert [r["id"] for r in rows] == [f"q{i:08d}" for i in range(7)]
+    assert [r["id"] for r in rows] == [f"{id_prefix(config)}{i:08d}" for i in range(7)]
     assert manifest["rows_out"] == 7
     # 3 prompts (ceil(7 / 3)) were sent; each prompt's tokens are counted once.
     assert manifest["tokens_in"] == 3 * rows[0]["prompt_tokens"]
+
+
+# --- bad input rows, refused before any output ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [{"id": "a", "question": "Q?"}, {"id": "a", "question": "R?"}],
+            r"in.jsonl:2: duplicate id 'a' \(first at .*in.jsonl:1\)",
+        ),
+        ([{"id": "a", "question": 7}], r"in.jsonl:1: row a: field 'question' must be text, not int"),
+        ([{"id": "a", "question": None}], r"in.jsonl:1: row a: field 'question' must be text, not NoneType"),
+        ([{"id": ["a"], "question": "Q?"}], r"in.jsonl:1: id must be a non-empty string or an integer, not \['a'\]"),
+        ([{"id": "", "question": "Q?"}], r"in.jsonl:1: id must be a non-empty string"),
+        ([{"id": True, "question": "Q?"}], r"in.jsonl:1: id must be"),
+        ([{"id": "a", "question": "Q?"}, {"id": "b"}], r"in.jsonl:2: row b has no field 'question'"),
+    ],
+    ids=["duplicate-id", "numeric-text", "null-text", "list-id", "empty-id", "bool-id", "missing-field"],
+)
+def test_bad_rows_are_named_by_file_and_line_before_any_output(tmp_path, rows, message):
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(io.DataError, match=message):
+        runner.run_stage(FilterLanguage(filter_config(source, tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_unique_row_sharing_nothing_but_text_layout_with_a_duplicate_is_found_by_line(tmp_path):
+    """The line numbers count blank lines, as an editor does."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "question": "Q?"}\n\n{"id": "a", "question": "R?"}\n')
+    with pytest.raises(io.DataError, match=r"in.jsonl:3: duplicate id 'a' \(first at .*in.jsonl:1\)"):
+        runner.run_stage(FilterLanguage(filter_config(source, tmp_path / "out")))
+
+
+# --- inputs protected, one driver per output ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holding"])
+@pytest.mark.parametrize("force", [False, True])
+def test_an_output_overlapping_its_input_is_refused_even_with_force(finished, reference, tmp_path, where, force):
+    target = {"same": finished, "inside": finished / "sub", "holding": finished.parent}[where]
+    before = mtimes(finished)
+    with pytest.raises(io.DataError, match="overlaps input"):
+        runner.run_stage(FilterLanguage(filter_config(finished, target, field="question")), force=force)
+    assert mtimes(finished) == before and io.load_rows(finished) == reference[2]
+
+
+def test_a_second_driver_on_the_same_output_is_refused(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    out = tmp_path / "out"
+    with runner.output_lock(out):
+        with pytest.raises(io.DataError, match=r"output .*out is in use by process \d+ on "):
+            runner.run_stage(FilterLanguage(filter_config(source, out)))
+    assert not (out / runner.LOCK).exists()
+    runner.run_stage(FilterLanguage(filter_config(source, out)))  # free again
+    assert not (out / runner.LOCK).exists() and io.read_manifest(out) is not None
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    out = tmp_path / "out"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out.mkdir()
+    (out / runner.LOCK).write_text(f"{socket.gethostname()} {int(gone.stdout)}")
+    manifest = runner.run_stage(FilterLanguage(filter_config(source, out)))
+    assert manifest["rows_out"] == 3 and not (out / runner.LOCK).exists()
+
+
+# --- models in the run hash ----------------------------------------------------------------------------------
+
+
+def test_a_retrained_model_is_noticed(tiny_model_dir, tmp_path):
+    """A model that is an earlier stage's output is known by its manifest: retraining it into the same folder
+    makes the finished output stale, so it is not reported as done."""
+    model = tmp_path / "qpo"
+    shutil.copytree(tiny_model_dir, model)
+    (model / io.CONFIG).write_text("stage: qpo\n")
+    (model / io.MANIFEST).write_text('{"finished_at": "first"}')
+    out = tmp_path / "gen"
+    runner.run_stage(GenerateQuestions(gen_config(out, model, num=3)))
+    stage = Counting(gen_config(out, model, num=3))
+    runner.run_stage(stage)
+    assert stage.processed == []  # same model: already finished
+    (model / io.MANIFEST).write_text('{"finished_at": "second"}')
+    with pytest.raises(io.DataError, match="another config, input or model"):
+        runner.run_stage(Counting(gen_config(out, model, num=3)))
+    again = Counting(gen_config(out, model, num=3))
+    runner.run_stage(again, force=True)
+    assert again.processed == [0]
+
+
+def test_model_fingerprints(tiny_model_dir, tmp_path):
+    from scalequest.models import ModelError, model_fingerprint
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    first = model_fingerprint(str(model))
+    assert model_fingerprint(str(model)) == first
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes() + b"\0")
+    assert model_fingerprint(str(model)) != first  # weights changed: size and time
+    (model / io.CONFIG).write_text("stage: sft\n")
+    with pytest.raises(ModelError, match="has not finished"):
+        model_fingerprint(str(model))  # a training stage still running (or killed)
+    assert model_fingerprint("embedded") == "embedded"
+    assert model_fingerprint("someone/some-model", "v1") == "someone/some-model@v1"  # offline, not cached

@@ -7,6 +7,7 @@ without a usable one-output head are refused in one line. Models are tiny random
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 
 from conftest import build_tiny_model_dir, build_tiny_tokenizer
 from scalequest.models import ModelError
+from scalequest.scorers.base import conversation, render_ids
 from scalequest.scorers.sequence_classification import (
+    ClassifierScorer,
     context_length,
     head_outputs,
     length_batches,
@@ -99,6 +102,61 @@ def test_texts_are_truncated_to_max_length_and_to_the_models_positions(classifie
         )
     finally:
         model.config.max_position_embeddings = positions
+
+
+@pytest.fixture(scope="module")
+def short_classifier_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-2 classifier with 16 learned positions: an input beyond them fails its position lookup."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = build_tiny_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=16,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        num_labels=1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("tiny-gpt2") / "model"
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_short_context_model_scores_inputs_cut_to_its_positions(short_classifier_dir, caplog):
+    from transformers import AutoTokenizer
+
+    from scalequest.stages.reward_select import RewardModelConfig
+
+    model = load_classifier(str(short_classifier_dir), "short", device="cpu", dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(short_classifier_dir)
+    assert use_padding(model, tokenizer) and context_length(model) == 16
+    long_text, short_text = TEXTS[2], TEXTS[1]
+    ids = tokenizer(long_text)["input_ids"]
+    with pytest.raises(IndexError):  # what scoring the whole input does
+        one_at_a_time(model, [ids])
+    # Difficulty scoring: question texts, cut by the tokenizer.
+    expected = one_at_a_time(model, [ids[:16], tokenizer(short_text)["input_ids"]])
+    assert score_texts(model, tokenizer, [long_text, short_text], 2, max_length=512) == pytest.approx(
+        expected, abs=1e-5
+    )
+    # Reward scoring: conversations rendered with the chat template, cut after rendering, with a warning.
+    scorer = ClassifierScorer(
+        RewardModelConfig(model=str(short_classifier_dir), dtype="float32", device="cpu", batch_size=2)
+    )
+    chats = [conversation(short_text, long_text), conversation(short_text, "4")]
+    with caplog.at_level(logging.WARNING, logger="scalequest.scorers"):
+        scores = scorer.score(chats)
+    encoded = [render_ids(scorer.tokenizer, chat) for chat in chats]
+    assert all(len(ids) > 16 for ids in encoded)
+    assert scores == pytest.approx(one_at_a_time(scorer.model, [ids[:16] for ids in encoded]), abs=1e-5)
+    assert [r.getMessage() for r in caplog.records if "16 positions" in r.getMessage()]
 
 
 def test_without_a_pad_token_the_model_pad_id_is_used_and_none_at_all_is_reported(classifier_dir):

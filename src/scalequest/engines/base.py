@@ -94,6 +94,21 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+# Tokenizers that know no limit report transformers' VERY_LARGE_INTEGER (1e30) as model_max_length.
+LARGEST_CONTEXT = 10_000_000
+
+
+def model_context_length(model_config, tokenizer=None) -> int | None:
+    """Tokens a model attends over (prompt and completion together): its config's positions, else the
+    tokenizer's model_max_length when that is a real limit; None when neither says."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < LARGEST_CONTEXT else None
+
+
 def render_prompt(tokenizer, prompt: Prompt) -> str:
     """The text a local engine feeds the model: raw text as is, a conversation through the chat template."""
     if isinstance(prompt, str):

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from scalequest.config import EngineConfig
-from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, render_prompt, truncate_at_stop
+from scalequest.engines.base import (
+    Completion,
+    Engine,
+    Prompt,
+    SamplingParams,
+    model_context_length,
+    render_prompt,
+    truncate_at_stop,
+)
 from scalequest.models import ModelError
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +76,8 @@ class HFEngine(Engine):
         on_gpu = self.model.device.type == "cuda"
         self.gpus = 1 if on_gpu else 0
         self.batch_size = config.batch_size or (64 if on_gpu else 16)
+        # Prompt and completion together must fit here (None: the model does not say).
+        self.context = model_context_length(self.model.config, self.tokenizer)
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         import torch
@@ -85,8 +98,9 @@ class HFEngine(Engine):
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[list[Completion]] = [[] for _ in prompts]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for batch_index, batch in enumerate(
-            tqdm(batches, desc="generate", unit="batch", leave=False, disable=len(batches) < 2)
+        limits = self._new_token_limits(batches, [len(ids) for ids in encoded], params.max_new_tokens)
+        for batch_index, (batch, max_new_tokens) in enumerate(
+            tqdm(list(zip(batches, limits)), desc="generate", unit="batch", leave=False, disable=len(batches) < 2)
         ):
             if params.seed is not None:
                 torch.manual_seed(params.seed + batch_index)
@@ -101,7 +115,7 @@ class HFEngine(Engine):
                 output = self.model.generate(
                     **inputs,
                     do_sample=sampling,
-                    max_new_tokens=params.max_new_tokens,
+                    max_new_tokens=max_new_tokens,
                     num_return_sequences=params.n,
                     eos_token_id=sorted(stop_ids),
                     pad_token_id=tokenizer.pad_token_id,
@@ -110,22 +124,81 @@ class HFEngine(Engine):
             generated = output[:, inputs["input_ids"].shape[1] :].tolist()
             for row, token_ids in enumerate(generated):
                 index = batch[row // params.n]
-                results[index].append(self._completion(token_ids, len(encoded[index]), stop_ids, params))
+                completion = self._completion(token_ids, len(encoded[index]), stop_ids, params, max_new_tokens)
+                results[index].append(completion)
         return self._count(results)
 
+    def _new_token_limits(self, batches: list[list[int]], lengths: list[int], max_new_tokens: int) -> list[int]:
+        """max_new_tokens for each batch, so that its longest prompt and the completion fit in the model's
+        context; with context_overflow=error, a ModelError rather than less than was asked for."""
+        if self.context is None or not lengths:
+            return [max_new_tokens] * len(batches)
+        longest = max(lengths)
+        if longest >= self.context:  # not one token of room: clamping cannot help
+            raise ModelError(
+                f"a prompt of {longest} tokens fills the {self.context}-token context of model {self.config.model!r}; "
+                "shorten the prompt"
+            )
+        if longest + max_new_tokens > self.context and self.config.context_overflow == "error":
+            raise ModelError(
+                f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceed the {self.context}-token "
+                f"context of model {self.config.model!r}; lower sampling.max_new_tokens or set "
+                "engine.context_overflow: clamp"
+            )
+        # Left padding lines every prompt of a batch up with its longest one, so that one sets the room.
+        limits = [min(max_new_tokens, self.context - max(lengths[i] for i in batch)) for batch in batches]
+        clamped = sum(len(batch) for batch, limit in zip(batches, limits) if limit < max_new_tokens)
+        if clamped:
+            log.warning(
+                "%d of %d prompts + max_new_tokens %d exceed the %d-token context of model %r; generating at most "
+                "%d new tokens for them",
+                clamped,
+                len(lengths),
+                max_new_tokens,
+                self.context,
+                self.config.model,
+                min(limits),
+            )
+        return limits
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
     def _completion(
-        self, token_ids: list[int], prompt_tokens: int, stop_ids: set[int], params: SamplingParams
+        self, token_ids: list[int], prompt_tokens: int, stop_ids: set[int], params: SamplingParams, max_new_tokens: int
     ) -> Completion:
-        end = next((i for i, t in enumerate(token_ids) if t in stop_ids), None)
+        """One generated row: text cut at its first stop, and the tokens it took to get there.
+
+        A row ends at a stop id (EOS, end-of-turn: counted, hidden by decode), at the end of a stop string, or at
+        max_new_tokens, and is padded while the rest of its batch goes on. The pad may be the EOS (models without a
+        pad token), so a row that ended on a stop string can look as if it ended on an EOS: the stop strings are
+        therefore cut from every row, wherever it seems to end.
+        """
+        end = next((i + 1 for i, t in enumerate(token_ids) if t in stop_ids), None)
         if end is not None:
-            text = self.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
-            return Completion(text, prompt_tokens, end + 1, "stop")
+            token_ids = token_ids[:end]
+        text, stopped = truncate_at_stop(self._decode(token_ids), params.stop)
+        if stopped:
+            return Completion(text, prompt_tokens, self._tokens_through_stop(token_ids, params.stop), "stop")
+        if end is not None:
+            return Completion(text, prompt_tokens, end, "stop")
         pad = self.tokenizer.pad_token_id
-        while token_ids and token_ids[-1] == pad:  # finished early through a stop string, then padded
+        while token_ids and token_ids[-1] == pad:  # finished on something the text does not show, then padded
             token_ids = token_ids[:-1]
-        text, stopped = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True), params.stop)
-        finish = "stop" if stopped or len(token_ids) < params.max_new_tokens else "length"
+        finish = "stop" if len(token_ids) < max_new_tokens else "length"
         return Completion(text, prompt_tokens, len(token_ids), finish)
+
+    def _tokens_through_stop(self, token_ids: list[int], stop: tuple[str, ...]) -> int:
+        """The fewest leading tokens whose text holds a stop string (`token_ids`' text holds one), found by
+        bisection: a row's text grows with its tokens, and any padding after the stop string is left out."""
+        low, high = 1, len(token_ids)
+        while low < high:
+            middle = (low + high) // 2
+            if truncate_at_stop(self._decode(token_ids[:middle]), stop)[1]:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def close(self) -> None:
         import gc

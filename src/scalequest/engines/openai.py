@@ -13,7 +13,6 @@ it is never stored on the engine, logged, or put in an exception.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # The OpenAI API rejects more stop strings than this; the rest are cut from the text afterwards.
 MAX_API_STOPS = 4
-# Local servers (vllm serve, SGLang, llama.cpp) accept any key unless started with one.
+# What OpenAIEngineConfig.api_key gives a local server (vllm serve, SGLang, llama.cpp) when no key is set.
 DUMMY_KEY = "EMPTY"
 
 
@@ -33,17 +32,9 @@ class OpenAIEngine(Engine):
     def __init__(self, config: EngineConfig):
         super().__init__()
         self.config = config
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            if config.base_url is None:
-                raise ValueError(
-                    f"engine=openai without base_url talks to the OpenAI API, which needs a key: "
-                    f"set the environment variable {config.api_key_env}"
-                )
-            api_key = DUMMY_KEY
         # The SDK client holds the only copy of the key, for its Authorization header.
         self.client = openai.OpenAI(
-            api_key=api_key,
+            api_key=config.api_key(),
             base_url=config.base_url,
             max_retries=config.max_retries,
             timeout=config.request_timeout,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from scalequest.engines.base import model_context_length
 from scalequest.models import ModelError, resolve_model
 from scalequest.scorers.base import Conversation, Scorer, default_batch_size, load_reward_tokenizer, render_ids
 
@@ -106,7 +107,7 @@ def use_padding(model, tokenizer) -> bool:
 
 def context_length(model, max_length: int | None = None) -> int | None:
     """Longest input to score: `max_length` when given, never more than the model's positions."""
-    limits = [n for n in (max_length, getattr(model.config, "max_position_embeddings", None)) if n]
+    limits = [n for n in (max_length, model_context_length(model.config)) if n]
     return min(limits) if limits else None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from scalequest import io
-from scalequest.models import resolve_model
+from scalequest.models import load_tokenizer, resolve_model
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,6 @@ def build_regression_trainer(config: DifficultyTrainConfig):
     from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
-        AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
@@ -134,7 +133,7 @@ def build_regression_trainer(config: DifficultyTrainConfig):
             return result
 
     source = resolve_model(config.model, config.revision)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
     prepare_tokenizer(tokenizer)
     bf16 = default_bf16(config)
     model = AutoModelForSequenceClassification.from_pretrained(

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from scalequest import io, runner
 from scalequest.config import ConfigError, RowStageConfig, Section
-from scalequest.models import ModelError
+from scalequest.models import ModelError, load_tokenizer
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.stages.difficulty_label import BUCKETS, Bucket, bucket_of, histogram
 from scalequest.stages.difficulty_train import prepare_tokenizer
@@ -125,11 +125,10 @@ class ScoreDifficulty(RowStage):
         return 0 if self.config.device == "cpu" else 1
 
     def setup(self) -> None:
-        from transformers import AutoTokenizer
 
         config = self.config
         source = check_regressor(config.regressor, config.trust_remote_code, config.regressor_revision)
-        self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+        self.tokenizer = load_tokenizer(source, config.trust_remote_code)
         prepare_tokenizer(self.tokenizer)  # pad with EOS when there is no pad token, as difficulty-train does
         self.model = load_classifier(
             source,

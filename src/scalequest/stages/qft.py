@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import time
 from collections import Counter
 
 from typing import TYPE_CHECKING
@@ -26,14 +25,12 @@ from pydantic import Field
 
 from scalequest import io
 from scalequest.config import DataSource
-from scalequest.models import resolve_model
-from scalequest.runner import prepare_output
+from scalequest.models import load_tokenizer, resolve_model
 from scalequest.training import (
     TrainingOptions,
     default_bf16,
-    finish_training,
     peft_config,
-    save_model,
+    run_training,
     trainer_arguments,
 )
 
@@ -181,20 +178,16 @@ def questions_fingerprint(questions: list[str]) -> str:
 def run(config: QFTConfig, force: bool = False) -> dict:
     """Train (resuming from the last checkpoint), save a plain model directory, write the manifest last.
 
-    Mirrors training.run_training, which takes its fingerprint from `config.input`; QFT has sources instead.
+    QFT reads `sources` instead of one `input`: its fingerprint is that of the questions it collected.
     """
-    from accelerate import PartialState
-    from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from scalequest.templates import end_of_turn, pre_query_prefix
 
-    started = time.time()
     source = resolve_model(config.model, config.revision)
     # Every check (sources, fields, the template) happens before the output folder is touched.
     questions, summary = collect_questions(config)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
     try:
         prefix, end = pre_query_prefix(tokenizer, config.system_prompt), end_of_turn(tokenizer)
     except ValueError as err:
@@ -211,14 +204,6 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         raise io.DataError(
             f"no question fits in max_length={config.max_length} tokens together with the prefix; raise max_length"
         )
-    fingerprint = questions_fingerprint(questions)
-
-    state = PartialState()
-    finished = prepare_output(config, fingerprint, force) if state.is_main_process else False
-    state.wait_for_everyone()
-    if finished or io.read_manifest(config.output) is not None:
-        log.info("qft: already finished in %s; pass --force to retrain", config.output)
-        return io.read_manifest(config.output)
 
     bf16 = default_bf16(config)
     args = trainer_arguments(
@@ -229,25 +214,19 @@ def run(config: QFTConfig, force: bool = False) -> dict:
         # float32 master weights unless training in bf16 (bf16 weights train slower on CPUs).
         model_init_kwargs={"trust_remote_code": config.trust_remote_code, "dtype": "bfloat16" if bf16 else "float32"},
     )
-    trainer = SFTTrainer(
-        model=source, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(config)
-    )
-    checkpoints = config.output / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last:
-        log.info("qft: resuming from %s", last)
-    result = trainer.train(resume_from_checkpoint=last)
-    save_model(trainer, config)
-    if not state.is_main_process:
-        return {}
-    return finish_training(
+
+    def build_trainer():
+        return SFTTrainer(
+            model=source, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(config)
+        )
+
+    return run_training(
         config,
-        trainer,
-        result,
-        started,
-        {
+        build_trainer,
+        force=force,
+        fingerprint=questions_fingerprint(questions),
+        entries={
             "input": [str(s) for s in config.sources],
-            "input_fingerprint": fingerprint,
             "rows_in": len(questions),
             "rows_out": len(dataset),
             "dropped": {**summary["skipped"], **({"too_long": too_long} if too_long else {})},

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from scalequest import io
-from scalequest.models import resolve_model
+from scalequest.models import load_tokenizer, resolve_model
 from scalequest.stages.qft import split_tokens
 from scalequest.stages.qpo_data import normalized
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
@@ -132,7 +132,6 @@ def run(config: QPOConfig, force: bool = False) -> dict:
 
     def check() -> None:
         """Everything that can fail on bad input, before the output folder is touched."""
-        from transformers import AutoTokenizer
 
         from scalequest.templates import end_of_turn
 
@@ -143,9 +142,7 @@ def run(config: QPOConfig, force: bool = False) -> dict:
                 "qpo: skipped %s of %d rows in %s", dict(skipped), len(found) + sum(skipped.values()), config.input
             )
         pairs.extend(found)
-        loaded["tokenizer"] = AutoTokenizer.from_pretrained(
-            loaded["source"], trust_remote_code=config.trust_remote_code
-        )
+        loaded["tokenizer"] = load_tokenizer(loaded["source"], config.trust_remote_code)
         try:
             loaded["end"] = end_of_turn(loaded["tokenizer"])
         except ValueError as err:

@@ -129,7 +129,10 @@ class RewardSelect(RowStage):
         score_head_kind(self.config.reward)  # a model without a score head fails before any output exists
 
     def required_fields(self) -> tuple[str, ...]:
-        return ("question_id", "question", "response")
+        return ("question", "response")
+
+    def id_fields(self) -> tuple[str, ...]:
+        return ("id", "question_id")
 
     def gpus_per_replica(self) -> int:
         reward = self.config.reward

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from scalequest.models import resolve_model
+from scalequest.models import load_tokenizer, resolve_model
 from scalequest.training import (
     TrainingConfig,
     default_bf16,
@@ -59,12 +59,11 @@ def build_dataset(config: SFTStageConfig, tokenizer):
 
 def run(config: SFTStageConfig, force: bool = False) -> dict:
     def build_trainer():
-        from transformers import AutoTokenizer
         from trl import SFTConfig, SFTTrainer
 
         source = resolve_model(config.model, config.revision)
         args_bf16 = default_bf16(config)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+        tokenizer = load_tokenizer(source, config.trust_remote_code)
         args = trainer_arguments(
             config,
             SFTConfig,
