@@ -145,6 +145,12 @@ class ModelLoading(Section):
 
         return resolve_model(self.tokenizer) if self.tokenizer else self.model_path()
 
+    def check(self) -> None:
+        """Before any output: the model resolves and its tokenizer loads (cheap, unlike the weights)."""
+        from scalequest.models import load_tokenizer
+
+        load_tokenizer(self.tokenizer_path(), self.trust_remote_code)
+
 
 class HFEngineConfig(ModelLoading):
     engine: Literal["hf"] = Field(
@@ -200,6 +206,12 @@ class OpenAIEngineConfig(ModelLoading):
         description="openai engine: retries with exponential backoff on 429, 5xx, timeouts and connection errors.",
     )
     request_timeout: float = Field(600.0, gt=0, description="openai engine: seconds before one request times out.")
+
+    def check(self) -> None:
+        """Before any output: a key when one is needed; the tokenizer that builds prompts, when one is named."""
+        self.api_key()
+        if self.tokenizer:
+            super().check()
 
     def api_key(self) -> str:
         """The key from `api_key_env`; a local server (base_url) accepts any key unless started with one."""

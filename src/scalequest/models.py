@@ -182,10 +182,14 @@ def models_fingerprint(config) -> str:
     import hashlib
     import json
 
-    models = {
-        field: model_fingerprint(entry["model"], entry["revision"])
-        for field, entry in model_provenance(config, commits=False).items()
-    }
+    models = {}
+    for field, entry in model_provenance(config, commits=False).items():
+        section = config
+        for name in field.split(".")[:-1]:
+            section = getattr(section, name)
+        # A model behind an OpenAI-compatible server is only a name: there are no weights here to look at.
+        served = getattr(section, "engine", None) == "openai"
+        models[field] = entry["model"] if served else model_fingerprint(entry["model"], entry["revision"])
     return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()[:16]
 
 

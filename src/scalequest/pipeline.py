@@ -36,6 +36,7 @@ from scalequest.stages.evaluate import Evaluate, EvaluateConfig
 from scalequest.stages.export import Export, ExportConfig
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig
+from scalequest.stages.merge import Merge, MergeConfig
 from scalequest.stages.qpo_data import BuildQPOData, QPODataConfig
 from scalequest.stages.generate_responses import GenerateResponses, GenerateResponsesConfig
 from scalequest.stages.reward_select import RewardSelect, RewardSelectConfig
@@ -66,7 +67,7 @@ class Stage:
         return self.runs(config, force=force)
 
 
-QUESTION_STAGES = ("filter-difficulty", "filter-solvability", "filter-language", "generate-questions")
+QUESTION_STAGES = ("filter-difficulty", "filter-solvability", "filter-language", "merge", "generate-questions")
 QPO, FILTERING = "Question preference optimization (QPO)", "Question filtering"
 
 # Every stage, in pipeline order.
@@ -85,13 +86,15 @@ STAGES: dict[str, Stage] = {
             {"engine.model": ("qpo", "qft")},
             writes_questions=True,
         ),
+        # Its `inputs` are named in the YAML (e.g. "${stages.generate-questions.output}" and another generator's run).
+        Stage("merge", MergeConfig, Merge, "row-wise", "Question generation", writes_questions=True),
         Stage(
             "filter-language",
             FilterLanguageConfig,
             FilterLanguage,
             "row-wise",
             FILTERING,
-            {"input": ("generate-questions",)},
+            {"input": QUESTION_STAGES[3:]},
             writes_questions=True,
         ),
         Stage(
@@ -100,7 +103,7 @@ STAGES: dict[str, Stage] = {
             FilterSolvability,
             "row-wise",
             FILTERING,
-            {"input": ("filter-language", "generate-questions")},
+            {"input": QUESTION_STAGES[2:]},
             writes_questions=True,
         ),
         Stage("difficulty-label", DifficultyLabelConfig, LabelDifficulty, "row-wise", FILTERING),
@@ -273,6 +276,9 @@ def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
         inputs += [("sources", ", ".join(map(str, config.sources)))] if name == "qft" else []
         for label, value in inputs:
             lines.append(f"     {label}: {value}" + (f"  <- {wired[label]}" if label in wired else ""))
+        for index, source in enumerate(getattr(config, "inputs", None) or []):  # merge
+            earlier = [n for n, c, _ in planned[: number - 1] if source.path is not None and source.path == c.output]
+            lines.append(f"     inputs[{index}]: {source}" + (f"  <- {earlier[0]}" if earlier else ""))
         for field_name, model in model_provenance(config, commits=False).items():
             revision = f" @ {model['revision']}" if model["revision"] else ""
             lines.append(

@@ -23,11 +23,13 @@ from typing import Any
 import yaml
 
 from scalequest import io
-from scalequest.config import DataSource, OpenAIEngineConfig, RowStageConfig, StageConfig
+from scalequest.config import ENGINE_CONFIGS, DataSource, RowStageConfig, StageConfig
 from scalequest.models import model_provenance, models_fingerprint
 from scalequest.stage import RowStage, Shard, ShardResult, read_partial, write_shard
 
 log = logging.getLogger(__name__)
+
+ENGINE_TYPES = tuple(ENGINE_CONFIGS.values())
 
 TRACKED_PACKAGES = (
     "scalequest",
@@ -196,9 +198,9 @@ def run_stage(stage: RowStage, force: bool = False) -> dict[str, Any]:
     stage.force = force
     check_output_apart_from_inputs(config)
     check_input_finished(config)
-    for name in type(config).model_fields:  # a missing API key fails here, not once the output exists
-        if isinstance(engine := getattr(config, name), OpenAIEngineConfig):
-            engine.api_key()
+    for name in type(config).model_fields:  # a missing model, tokenizer or API key fails before any output
+        if isinstance(engine := getattr(config, name), ENGINE_TYPES):
+            engine.check()
     stage.check()
     if config.executor.kind == "ray":
         from scalequest.executors.ray import check_cluster

@@ -81,6 +81,12 @@ class ShardResult:
         )
 
 
+def check_id(value: Any, what: str) -> None:
+    """An id is a non-empty string or an integer (a list or a float would not survive JSON and dedup alike)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise io.DataError(f"{what} must be a non-empty string or an integer, not {value!r}")
+
+
 class RowStage(ABC):
     """Base of every row-wise stage. Subclasses set `config` and implement `process`."""
 
@@ -128,9 +134,7 @@ class RowStage(ABC):
             for name in id_fields:
                 if name not in row:
                     raise io.DataError(f"{where}: the row has no field {name!r}")
-                value = row[name]
-                if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-                    raise io.DataError(f"{where}: {name} must be a non-empty string or an integer, not {value!r}")
+                check_id(row[name], f"{where}: {name}")
             for name in required:
                 if name not in row:
                     raise io.DataError(f"{where}: row {row['id']} has no field {name!r} (fields: {', '.join(row)})")
@@ -149,13 +153,17 @@ class RowStage(ABC):
         """Fields of every input row that hold an id (a non-empty string or an integer); `id` is unique."""
         return ("id",)
 
+    def input_rows(self) -> Iterator[dict]:
+        """The rows the shards are cut from."""
+        assert isinstance(self.config, RowStageConfig)
+        return io.read_rows(self.config.input)
+
     def input_shards(self) -> Iterator[Shard]:
         """Input rows cut into shards of `shard_size`; shard i of the input becomes shard i of the output."""
-        assert isinstance(self.config, RowStageConfig)
         size = self.config.shard_size
         batch: list[dict] = []
         index = 0
-        for row in io.read_rows(self.config.input):
+        for row in self.input_rows():
             batch.append(row)
             if len(batch) == size:
                 yield Shard(index, batch)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from scalequest import io
+from scalequest.stages.generate_questions import GenerateQuestionsConfig, id_prefix
 
 NUM, SHARD_SIZE, SHARDS = 40, 2, 20
 KILL_AFTER = (2, 5, 9)  # shard files present when each kill lands (at least)
@@ -111,7 +112,14 @@ def test_sigkill_at_three_moments_then_resume_gives_the_uninterrupted_rows(tmp_p
     assert len(expected) == NUM
     assert len(ids) == len(set(ids)) == NUM, "duplicated or missing rows"
     assert set(ids) == {row["id"] for row in expected}
-    assert ids == [f"q{i:08d}" for i in range(NUM)]
+    config = GenerateQuestionsConfig(
+        output=out,
+        num=NUM,
+        shard_size=SHARD_SIZE,
+        engine={"model": str(tiny_model_dir)},
+        sampling={"max_new_tokens": 24},
+    )
+    assert ids == [f"{id_prefix(config)}{i:08d}" for i in range(NUM)]
     assert rows == expected, "resumed rows differ from the uninterrupted run"
 
     assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-{i:05d}.jsonl" for i in range(SHARDS)]

@@ -438,7 +438,6 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
 
 
 def _worker_main(parent_pid: int) -> None:
-    import warnings
 
     # Keep the real stdout for replies only; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -452,9 +451,9 @@ def _worker_main(parent_pid: int) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_LIMIT_BYTES, hard))
     except (ImportError, ValueError, OSError):
         pass  # no cap on this platform; the timeout still applies
-    # Math-Verify warns that its timeout is off (we know) and logs every unparsable answer.
+    # Math-Verify logs (never `warnings.warn`s) that its timeout is off, which we know, and every unparsable
+    # answer; other libraries' warnings stay visible.
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    warnings.simplefilter("ignore")
     threading.Thread(target=_exit_when_parent_dies, args=(parent_pid,), daemon=True).start()
 
     _equivalent("1", "1")  # import and warm up sympy/Math-Verify before saying ready

@@ -1,8 +1,10 @@
 """difficulty-label (paper §2.3): fail rates of a solver on questions with known answers.
 
 For questions with known answers (GSM8K / MATH train), a solver samples `n` solutions (paper:
-DeepSeekMath-7B-RL); `fail_rate` = share graded wrong (no final answer = wrong). `difficulty-train` learns
-these labels and `filter-difficulty` uses the result; the difficulty buckets all three report live here.
+DeepSeekMath-7B-RL); `fail_rate` = share graded wrong (no final answer = wrong), `sample_correct` the grade of
+each sample. `difficulty-train` learns these labels and `filter-difficulty` uses the result; the difficulty
+buckets all three report live here. With `keep_responses` the same solver pass also feeds `reward-train`
+(correct and incorrect samples of a question make its preference pairs).
 """
 
 from __future__ import annotations
@@ -105,9 +107,6 @@ class DifficultyLabelConfig(RowStageConfig):
 class LabelDifficulty(RowStage):
     config: DifficultyLabelConfig
 
-    def check(self) -> None:
-        self.config.engine.model_path()
-
     # Questions are read once, cut to `limit` and checked for a gold answer before any shard runs.
     def labelled_rows(self) -> list[dict]:
         """Rows {id, question, gold}; a row without a question or a readable gold answer is an error."""
@@ -185,6 +184,7 @@ class LabelDifficulty(RowStage):
                     "samples": len(answers),
                     "correct": correct,
                     "answers": answers,
+                    "sample_correct": [g.correct for g in graded],  # per sample, for reward-train's pairs
                     **({"responses": [c.text for c in completions]} if config.keep_responses else {}),
                     "solver": config.engine.model,
                 },

@@ -120,9 +120,6 @@ def judge_prompt(question: str) -> str:
 class FilterSolvability(RowStage):
     config: FilterSolvabilityConfig
 
-    def check(self) -> None:
-        self.config.engine.model_path()
-
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.field,)
 

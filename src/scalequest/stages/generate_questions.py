@@ -2,15 +2,29 @@
 
 The prompt is nothing but the text a chat template writes before a user's message, so the model
 continues by writing a user's question, and stops at the template's end-of-turn.
+
+Row ids are `q-XXXXXX-00000000`, `q-XXXXXX-00000001`, ...: XXXXXX is 6 hex digits of a hash of every setting
+that decides what a row says (the generator model and engine, the prompt settings, the sampling and its seed,
+the shard size), i.e. the config hash without `num` and the operational fields. Runs of other generators or
+seeds therefore get disjoint ids and can be merged into one dataset, while the same config (a resume, a rerun
+elsewhere, a larger `num`) gives the same ids to the same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import (
+    EngineConfig,
+    HFEngineConfig,
+    ShardedStageConfig,
+    sampling_config,
+    without_operational,
+)
 from scalequest.engines import load_engine
 from scalequest.models import load_tokenizer
 from scalequest.stage import RowStage, Shard, ShardResult
@@ -39,6 +53,13 @@ class GenerateQuestionsConfig(ShardedStageConfig):
     )
 
 
+def id_prefix(config: GenerateQuestionsConfig) -> str:
+    """`q-XXXXXX-`: what every row id of this config starts with (see the module docstring)."""
+    settings = config.model_dump(mode="json", exclude=config.runtime_fields | {"num"})
+    digest = hashlib.sha256(json.dumps(without_operational(settings), sort_keys=True).encode()).hexdigest()
+    return f"q-{digest[:6]}-"
+
+
 def shard_seed(seed: int, shard_index: int) -> int:
     """Each shard gets its own seed, so a shard redone after a crash reproduces its rows."""
     return seed + 1_000_003 * shard_index
@@ -47,9 +68,6 @@ def shard_seed(seed: int, shard_index: int) -> int:
 class GenerateQuestions(RowStage):
     config: GenerateQuestionsConfig
 
-    def check(self) -> None:
-        self.config.engine.model_path()
-
     def count_input_rows(self) -> int:
         return self.config.num
 
@@ -57,10 +75,10 @@ class GenerateQuestions(RowStage):
         return None
 
     def input_shards(self) -> Iterator[Shard]:
-        size = self.config.shard_size
+        size, prefix = self.config.shard_size, id_prefix(self.config)
         for index, start in enumerate(range(0, self.config.num, size)):
-            ids = range(start, min(start + size, self.config.num))
-            yield Shard(index, [{"id": f"q{i:08d}"} for i in ids])
+            numbers = range(start, min(start + size, self.config.num))
+            yield Shard(index, [{"id": f"{prefix}{number:08d}"} for number in numbers])
 
     def prepare(self) -> None:
         # Built once in the driver (cheap: the tokenizer only), so the manifest records the prompt
@@ -113,4 +131,4 @@ class GenerateQuestions(RowStage):
         self.engine.close()
 
     def finalize(self) -> dict:
-        return {"generator": self.config.engine.model, "prompt": self.prompt}
+        return {"generator": self.config.engine.model, "prompt": self.prompt, "id_prefix": id_prefix(self.config)}

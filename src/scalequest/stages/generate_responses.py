@@ -70,9 +70,6 @@ class GenerateResponsesConfig(RowStageConfig):
 class GenerateResponses(RowStage):
     config: GenerateResponsesConfig
 
-    def check(self) -> None:
-        self.config.engine.model_path()
-
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.question_field,)
 

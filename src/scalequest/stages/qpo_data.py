@@ -16,15 +16,12 @@ token limit, or the rewrite is empty, unchanged, non-ASCII or longer than `max_r
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from scalequest import io
 from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
 from scalequest.engines import Engine, load_engine
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
@@ -124,10 +121,7 @@ class BuildQPOData(RowStage):
         )
 
     def check(self) -> None:
-        self.config.generator.model_path()
-        if self.config.optimizer.engine != "openai":
-            self.config.optimizer.model_path()
-        elif self.config.optimizer_reply_prefix:
+        if self.config.optimizer.engine == "openai" and self.config.optimizer_reply_prefix:
             raise ConfigError(
                 "qpo-data: optimizer_reply_prefix needs a local optimizer engine (hf or vllm); "
                 "OpenAI-compatible chat APIs do not continue a prefilled reply"
@@ -135,13 +129,6 @@ class BuildQPOData(RowStage):
 
     def count_input_rows(self) -> int:
         return self.config.num
-
-    def input_fingerprint(self) -> str | None:
-        """The generator's training manifest when it is a stage output, so a retrained QFT model redoes the pairs."""
-        manifest = Path(self.config.generator.model) / io.MANIFEST
-        if not manifest.is_file():
-            return None
-        return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
 
     def input_shards(self) -> Iterator[Shard]:
         return self.question_stage().input_shards()
