@@ -124,10 +124,7 @@ def main() -> None:
                 ScoreDifficultyConfig(
                     input="unused",
                     output="unused",
-                    regressor=str(model_dir),
-                    dtype=dtype,
-                    device=args.device,
-                    batch_size=size,
+                    regressor={"model": str(model_dir), "dtype": dtype, "device": args.device, "batch_size": size},
                     progress=False,
                 )
             )

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         for category, message in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP request of the openai engine
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -492,7 +492,7 @@ def describe_fields(
             # An engine section lists every backend's fields once; defaults come from the default backend.
             seen = set()
             for section in sections:
-                current = value if isinstance(value, section) else section()
+                current = value if isinstance(value, section) else None  # None: the section's own defaults
                 for row in describe_fields(section, f"{prefix}{name}.", current):
                     if row[0] not in seen:
                         seen.add(row[0])

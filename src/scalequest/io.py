@@ -69,13 +69,18 @@ def to_jsonl(rows: list[dict]) -> str:
 
 
 def remove_temporary_files(folder: Path) -> None:
-    """Leftovers of a killed run; never complete, so always safe to delete."""
+    """Leftovers of a killed run: temporary files, never complete, and the partial result of a shard that was
+    written in full after all (a kill between the two writes); always safe to delete."""
     for tmp in [
         *folder.glob(".*.tmp-*"),
         *(folder / STATS_DIR).glob(".*.tmp-*"),
         *(folder / REMOVED_DIR).glob(".*.tmp-*"),
+        *(folder / PARTIAL_DIR).glob(".*.tmp-*"),
     ]:
         tmp.unlink(missing_ok=True)
+    for partial in (folder / PARTIAL_DIR).glob("*.json"):
+        if shard_path(folder, int(partial.stem)).is_file():
+            partial.unlink()
 
 
 BUNDLED_DIR = Path(__file__).with_name("data")

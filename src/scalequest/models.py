@@ -194,7 +194,7 @@ def models_fingerprint(config) -> str:
 
 
 # Config fields naming a model -> the field holding its revision.
-MODEL_FIELDS = {"model": "revision", "regressor": "regressor_revision"}
+MODEL_FIELDS = {"model": "revision"}
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):

@@ -27,7 +27,7 @@ from pydantic import Field
 from scalequest.runner import run_row_stage
 from scalequest.stage import RowStage
 from scalequest.config import ConfigError, Section, StageConfig, build_config, deep_merge, parse_overrides, read_yaml
-from scalequest.stages import qft, qpo, sft
+from scalequest.stages import qft, qpo, reward_train, sft
 from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
 from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
 from scalequest.stages.difficulty_train import DifficultyTrainConfig, train_regressor
@@ -121,7 +121,7 @@ STAGES: dict[str, Stage] = {
             FilterDifficulty,
             "row-wise",
             FILTERING,
-            {"input": QUESTION_STAGES[1:], "regressor": ("difficulty-train",)},
+            {"input": QUESTION_STAGES[1:], "regressor.model": ("difficulty-train",)},
             writes_questions=True,
         ),
         Stage(
@@ -133,12 +133,20 @@ STAGES: dict[str, Stage] = {
             {"input": QUESTION_STAGES},
         ),
         Stage(
+            "reward-train",
+            reward_train.RewardTrainConfig,
+            reward_train.run,
+            "training",
+            "Reward scoring",
+            {"input": ("difficulty-label",)},
+        ),
+        Stage(
             "reward-select",
             RewardSelectConfig,
             RewardSelect,
             "row-wise",
             "Reward scoring",
-            {"input": ("generate-responses",)},
+            {"input": ("generate-responses",), "reward.model": ("reward-train",)},
         ),
         Stage(
             "decontaminate",
@@ -186,7 +194,8 @@ def fill_from_earlier(
         *parents, leaf = field_name.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
-        if leaf not in node:
+        # A section the user wrote as a plain string (`regressor: runs/reg`) names its model already.
+        if isinstance(node, dict) and leaf not in node:
             node[leaf] = str(outputs[present[0]])
             wired[field_name] = present[0]
     return values, wired

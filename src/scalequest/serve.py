@@ -4,15 +4,24 @@ It exists so engine=openai can be tested, and used against a local model (e.g. t
 without vLLM. Standard library only. Endpoints: GET /v1/models, POST /v1/completions and
 POST /v1/chat/completions with n, max_tokens, temperature, top_p, stop and seed. Each choice also carries
 a non-standard `completion_tokens` count, which OpenAIEngine uses instead of splitting the total.
+
+For testing clients' retry and resume handling, `make_server(..., faults=Faults(rate=0.2))` makes it fail a
+share of requests on purpose (HTTP 500, 429 with retry-after, a stall past the client's timeout, a connection
+closed without an answer), on a schedule fixed by the seed; GET /stats (and `server.stats`) counts requests
+and injected faults. Never for real serving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from scalequest.engines.base import Completion, Engine, SamplingParams
@@ -109,13 +118,102 @@ def response_body(path: str, model_name: str, results: list[list[Completion]]) -
     }
 
 
-def make_server(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """A server bound to host:port (0 = any free port, read it from `.server_address[1]`), not yet serving."""
+FAULT_KINDS = ("500", "429", "timeout", "drop")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Failures injected on purpose, for testing clients' retry and resume handling; never for real serving.
+
+    A share `rate` of completion requests fails, each with one of `kinds`: "500" (an OpenAI-style server
+    error), "429" (rate limited, with retry-after `retry_after` seconds), "timeout" (no answer for `stall`
+    seconds, then the connection is closed: set it above the client's timeout) and "drop" (the connection is
+    closed without an answer). Whether an attempt fails, and how, depends only on the seed, the request body
+    and how many times that same body came before, not on timing or thread order: a rerun of the same
+    requests meets the same schedule, and every retry gets a fresh draw.
+    """
+
+    rate: float = 0.0
+    seed: int = 0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    stall: float = 5.0
+    retry_after: float = 0.01
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(FAULT_KINDS)
+        if not 0 <= self.rate <= 1 or not self.kinds or unknown:
+            raise ValueError(f"need 0 <= rate <= 1 and kinds among {', '.join(FAULT_KINDS)}")
+
+    def draw(self, request: bytes, attempt: int) -> str | None:
+        """The fault of the `attempt`-th (from 0) arrival of this request body, or None to answer it."""
+        digest = hashlib.sha256(b"%d:%d:" % (self.seed, attempt) + request).digest()
+        if int.from_bytes(digest[:8], "big") >= self.rate * 2**64:
+            return None
+        return self.kinds[int.from_bytes(digest[8:16], "big") % len(self.kinds)]
+
+
+class Server(ThreadingHTTPServer):
+    """The HTTP server `make_server` returns; `stats` counts what it saw (a copy; also at GET /stats)."""
+
+    # socketserver's default listen backlog is 5: more clients than that connecting at once (one connection
+    # per request, as HTTP/1.0 closes each) would have their connections dropped and retried after a second.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type, faults: Faults | None):
+        super().__init__(address, handler)
+        self.faults = faults or Faults()
+        self.counts: Counter = Counter()
+        self.seen: Counter = Counter()  # request body digest -> arrivals so far
+        self.counts_lock = threading.Lock()
+
+    @property
+    def stats(self) -> dict:
+        """requests (completion requests), answered (200), retries (requests the client marked as a retry,
+        `x-stainless-retry-count` > 0), repeats (bodies that had come before: client retries and reruns),
+        faults (injected, by kind)."""
+        with self.counts_lock:
+            counts = dict(self.counts)
+        faults = {kind: counts.pop(f"fault_{kind}", 0) for kind in FAULT_KINDS}
+        base = {key: counts.get(key, 0) for key in ("requests", "answered", "retries", "repeats")}
+        return {**base, "faults": faults, "faults_total": sum(faults.values())}
+
+    def arrival(self, request: bytes, retried: bool) -> str | None:
+        """Count one completion request; return the fault to inject, if any."""
+        key = hashlib.sha256(request).digest()
+        with self.counts_lock:
+            attempt = self.seen[key]
+            self.seen[key] += 1
+            fault = self.faults.draw(request, attempt) if self.faults.rate else None
+            self.counts.update(
+                requests=1, retries=int(retried), repeats=int(attempt > 0), **({f"fault_{fault}": 1} if fault else {})
+            )
+        return fault
+
+    def answered(self) -> None:
+        with self.counts_lock:
+            self.counts["answered"] += 1
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away mid-request (killed)
+            log.debug("%s went away: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
+
+def make_server(
+    engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None
+) -> Server:
+    """A server bound to host:port (0 = any free port, read it from `.server_address[1]`), not yet serving.
+    `faults` makes it fail requests on purpose (see Faults); by default it fails none."""
     # Requests are handled on threads, but engines are not thread-safe: one generate() at a time.
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        server: Server
+
         def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/stats":
+                return self.send_json(200, self.server.stats)
             if self.path.rstrip("/") != "/v1/models":
                 return self.send_error_json(404, f"no route GET {self.path}")
             self.send_json(
@@ -131,7 +229,11 @@ def make_server(engine: Engine, model_name: str, host: str = "127.0.0.1", port: 
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 return self.send_error_json(404, f"no route POST {self.path}")
             try:
-                body = json.loads(self.rfile.read(max(0, int(self.headers.get("Content-Length") or 0))) or b"null")
+                raw = self.rfile.read(max(0, int(self.headers.get("Content-Length") or 0)))
+                retried = (self.headers.get("x-stainless-retry-count") or "0").strip() not in ("", "0")
+                if self.inject(self.server.arrival(path.encode() + b"\n" + raw, retried)):
+                    return
+                body = json.loads(raw or b"null")
                 if not isinstance(body, dict):
                     raise RequestError("the request body must be a JSON object")
                 prompts, params = read_prompts(path, body), sampling_params(body)
@@ -146,27 +248,57 @@ def make_server(engine: Engine, model_name: str, host: str = "127.0.0.1", port: 
             if not all(results):
                 return self.send_error_json(500, "the engine returned no completions", "server_error")
             self.send_json(200, response_body(path, model_name, results))
+            self.server.answered()
 
-        def send_json(self, status: int, payload: dict) -> None:
+        def inject(self, fault: str | None) -> bool:
+            """Fail this request as `fault` says; False when it is to be answered."""
+            faults = self.server.faults
+            if fault is None:
+                return False
+            if fault == "500":
+                self.send_error_json(500, "injected fault: internal server error", "server_error")
+            elif fault == "429":
+                wait = {
+                    "retry-after-ms": str(round(faults.retry_after * 1000)),
+                    "retry-after": f"{faults.retry_after:g}",
+                }
+                self.send_error_json(429, "injected fault: rate limited", "rate_limit_error", wait)
+            else:  # "timeout" stalls past the client's timeout first; both close the connection unanswered
+                if fault == "timeout":
+                    time.sleep(faults.stall)
+                self.close_connection = True
+            return True
+
+        def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client went away (timed out, or was killed) before the answer
+                self.close_connection = True
 
-        def send_error_json(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-            self.send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+        def send_error_json(
+            self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+        ) -> None:
+            error = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+            self.send_json(status, error, headers)
 
         def log_message(self, format: str, *args) -> None:  # default writes every request line to stderr
             log.debug("%s - %s", self.address_string(), format % args)
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return Server((host, port), Handler, faults)
 
 
-def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8000, faults: Faults | None = None
+) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    server = make_server(engine, model_name, host, port)
+    server = make_server(engine, model_name, host, port, faults)
     log.debug("serving %s at http://%s:%d/v1", model_name, host, server.server_address[1])
     try:
         server.serve_forever()

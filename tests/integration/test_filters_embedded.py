@@ -16,7 +16,12 @@ from scalequest import io
 from scalequest.models import embedded_gguf
 from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
 from scalequest.stages.difficulty_train import DifficultyTrainConfig, train_regressor
-from scalequest.stages.filter_difficulty import FilterDifficulty, FilterDifficultyConfig, check_regressor
+from scalequest.stages.filter_difficulty import (
+    FilterDifficulty,
+    FilterDifficultyConfig,
+    RegressorConfig,
+    check_regressor,
+)
 from scalequest.stages.filter_solvability import FilterSolvability, FilterSolvabilityConfig, parse_verdict
 
 pytestmark = [
@@ -86,7 +91,7 @@ def test_solvability_and_difficulty_chain(tmp_path, shared_data):
         )
     )
     assert trained["steps"] == 2 and trained["held_out"]["rows"] == 1 and trained["held_out"]["mse"] is not None
-    check_regressor(str(tmp_path / "regressor"))
+    check_regressor(RegressorConfig(model=str(tmp_path / "regressor")))
 
     # 4. Score the judged questions and drop the easier half.
     filtered = run_row_stage(

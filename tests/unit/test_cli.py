@@ -48,7 +48,7 @@ def leaf_fields(cls: type[Section], prefix: str = "", defaults=None):
         if sections:
             seen = set()
             for section in sections:
-                current = value if isinstance(value, section) else section()
+                current = value if isinstance(value, section) else None
                 for key, *rest in leaf_fields(section, f"{prefix}{name}.", current):
                     if key not in seen:
                         seen.add(key)

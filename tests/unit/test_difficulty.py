@@ -29,6 +29,7 @@ from scalequest.stages.filter_difficulty import (
     DifficultyRule,
     FilterDifficulty,
     FilterDifficultyConfig,
+    RegressorConfig,
     check_regressor,
     choose_dropped,
     score_questions,
@@ -265,7 +266,7 @@ def test_trained_regressor_is_a_regression_model_and_rerun_is_skipped(trained):
     assert saved["architectures"] == ["LlamaForSequenceClassification"]
     assert len(saved["id2label"]) == 1
     assert saved["problem_type"] == "regression" and saved["pad_token_id"] is not None
-    assert check_regressor(str(config.output)) == str(config.output)
+    assert check_regressor(RegressorConfig(model=str(config.output))) == str(config.output)
     assert train_regressor(config)["finished_at"] == manifest["finished_at"]
 
 
@@ -308,7 +309,7 @@ def test_regressor_that_is_not_sequence_classification_is_named(tiny_model_dir, 
     with pytest.raises(
         ModelError, match=r"regressor .*tiny-causal.* is not a sequence-classification model .*LlamaForCausalLM"
     ):
-        check_regressor(str(tiny_model_dir))
+        check_regressor(RegressorConfig(model=str(tiny_model_dir)))
     config = FilterDifficultyConfig(
         input=write_jsonl(tmp_path / "q.jsonl", [{"question": "What?"}]),
         output=tmp_path / "out",

@@ -30,12 +30,12 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from scalequest import io, runner
-from scalequest.config import ConfigError, RowStageConfig, Section
+from scalequest.config import ConfigError, ModelLoading, RowStageConfig, Section
 from scalequest.models import ModelError, load_tokenizer
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.stages.difficulty_label import BUCKETS, Bucket, bucket_of, histogram
@@ -52,9 +52,10 @@ from scalequest.scorers.sequence_classification import (
 log = logging.getLogger(__name__)
 
 
-def check_regressor(name: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
+def check_regressor(regressor: "RegressorConfig") -> str:
     """The regressor's location, after checking it is a 1-output sequence-classification model."""
-    source, model_config = read_model_config(name, revision, trust_remote_code, what="regressor")
+    name = regressor.model
+    source, model_config = read_model_config(name, regressor.revision, regressor.trust_remote_code, what="regressor")
     outputs = head_outputs(model_config)
     if outputs is None:
         raise ModelError(
@@ -73,22 +74,16 @@ GPU_BATCH_SIZE = 64
 CPU_BATCH_SIZE = 16
 
 
-class ScoreDifficultyConfig(RowStageConfig):
-    """Score each question's difficulty (a predicted fail rate) with a regressor from difficulty-train."""
+class RegressorConfig(ModelLoading):
+    """The difficulty regressor: named and loaded like any model (model, revision, tokenizer, dtype, ...). A plain
+    string is short for `{model: STRING}`."""
 
-    stage = "score-difficulty"
-    # Batching changes throughput, not the scores worth redoing.
-    runtime_fields: ClassVar[set[str]] = RowStageConfig.runtime_fields | {"batch_size"}
-
-    regressor: str = Field(
+    model: str = Field(
         ...,
-        description="The difficulty regressor: a difficulty-train output folder (or any 1-output "
-        "sequence-classification model).",
+        description="A difficulty-train output folder (or any 1-output sequence-classification model): HF id or "
+        "local directory.",
     )
-    regressor_revision: str | None = Field(
-        None, description="Hub revision (branch, tag or commit) when the regressor is a Hub id."
-    )
-    field: str = Field("question", description="Row field holding the question text.")
+    device: str = Field("auto", description="Device: auto (cuda when present), cpu, cuda, cuda:1, ...")
     batch_size: int | None = Field(
         None,
         ge=1,
@@ -98,11 +93,24 @@ class ScoreDifficultyConfig(RowStageConfig):
     max_length: int = Field(
         512, ge=8, description="Longest tokenized question; longer ones are truncated (match difficulty-train)."
     )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Weights dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_name(cls, value: Any) -> Any:
+        return {"model": str(value)} if isinstance(value, (str, Path)) else value
+
+
+class ScoreDifficultyConfig(RowStageConfig):
+    """Score each question's difficulty (a predicted fail rate) with a regressor from difficulty-train."""
+
+    stage = "score-difficulty"
+
+    regressor: RegressorConfig = Field(
+        ...,
+        description="The difficulty regressor: a difficulty-train output folder, or {model, revision, device, "
+        "batch_size, ...}.",
     )
-    device: str = Field("auto", description="Device: auto (cuda when present), cpu, cuda, cuda:1, ...")
-    trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
+    field: str = Field("question", description="Row field holding the question text.")
     shard_size: int = Field(1000, ge=1, description="Questions per output shard; a shard is the unit of resume.")
 
 
@@ -116,29 +124,29 @@ class ScoreDifficulty(RowStage):
     config: ScoreDifficultyConfig
 
     def check(self) -> None:
-        check_regressor(self.config.regressor, self.config.trust_remote_code, self.config.regressor_revision)
+        check_regressor(self.config.regressor)
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.field,)
 
     def gpus_per_replica(self) -> int:
-        return 0 if self.config.device == "cpu" else 1
+        return 0 if self.config.regressor.device == "cpu" else 1
 
     def setup(self) -> None:
-
-        config = self.config
-        source = check_regressor(config.regressor, config.trust_remote_code, config.regressor_revision)
-        self.tokenizer = load_tokenizer(source, config.trust_remote_code)
+        regressor = self.config.regressor
+        source = check_regressor(regressor)
+        self.tokenizer = load_tokenizer(regressor.tokenizer or source, regressor.trust_remote_code)
         prepare_tokenizer(self.tokenizer)  # pad with EOS when there is no pad token, as difficulty-train does
         self.model = load_classifier(
             source,
-            config.regressor,
+            regressor.model,
             what="regressor",
-            device=config.device,
-            dtype=config.dtype,
-            trust_remote_code=config.trust_remote_code,
+            device=regressor.device,
+            dtype=regressor.dtype,
+            trust_remote_code=regressor.trust_remote_code,
         )
-        self.batch_size = config.batch_size or (GPU_BATCH_SIZE if self.model.device.type == "cuda" else CPU_BATCH_SIZE)
+        cuda = self.model.device.type == "cuda"
+        self.batch_size = regressor.batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
         if not use_padding(self.model, self.tokenizer):  # neither a pad nor an EOS token to pad with
             self.batch_size = 1
 
@@ -152,7 +160,7 @@ class ScoreDifficulty(RowStage):
             else:
                 result.remove(row, "empty")
         scores = score_questions(
-            self.model, self.tokenizer, [r[field] for r in rows], self.batch_size, self.config.max_length
+            self.model, self.tokenizer, [r[field] for r in rows], self.batch_size, self.config.regressor.max_length
         )
         result.rows = [{**row, "difficulty": score} for row, score in zip(rows, scores)]
         return result
@@ -162,7 +170,7 @@ class ScoreDifficulty(RowStage):
 
     def finalize(self) -> dict:
         scores = [row["difficulty"] for row in io.load_rows(self.config.output)]
-        return {"regressor": self.config.regressor, "histogram": histogram(scores)}
+        return {"regressor": self.config.regressor.model, "histogram": histogram(scores)}
 
 
 class DifficultyRule(Section):
@@ -269,7 +277,7 @@ class FilterDifficulty(RowStage):
     config: FilterDifficultyConfig
 
     def check(self) -> None:
-        check_regressor(self.config.regressor, self.config.trust_remote_code, self.config.regressor_revision)
+        check_regressor(self.config.regressor)
         if self.config.scores_dir is not None and self.config.scores_dir.resolve() == self.config.output.resolve():
             raise ConfigError("scores_dir must differ from output (default: OUTPUT/scores)")
 
@@ -342,7 +350,7 @@ class FilterDifficulty(RowStage):
             "wall_seconds": round(sum(s["seconds"] for s in own) + self.scoring.get("wall_seconds", 0.0), 3),
             "devices": sorted({s.get("device", "cpu") for s in own} | set(self.scoring.get("devices", []))),
             "gpu_hours": self.scoring.get("gpu_hours", 0.0),  # the filter pass itself never uses a GPU
-            "regressor": self.config.regressor,
+            "regressor": self.config.regressor.model,
             "scores": str(self.scores_dir),
             "scoring_dropped": self.scoring.get("dropped", {}),
             "histogram": {"before": {b: before[b] for b in BUCKETS}, "after": {b: after[b] for b in BUCKETS}},
