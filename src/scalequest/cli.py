@@ -136,7 +136,7 @@ def print_stage_summary(name: str, manifest: dict) -> None:
 
 def demo(args) -> None:
     from scalequest.io import load_rows
-    from scalequest.pipeline import STAGES, run_pipeline
+    from scalequest.pipeline import STAGES, command_of, run_pipeline
 
     with resources.as_file(resources.files("scalequest") / "configs" / "demo.yaml") as path:
         results = run_pipeline(path, [f"output_dir={args.output_dir}", *args.overrides], force=args.force)
@@ -150,7 +150,7 @@ def demo(args) -> None:
         from scalequest.stages.evaluate import markdown_table
 
         print("\n" + markdown_table(manifests["evaluate"]["summary"]))
-    questions = [name for name in manifests if STAGES[name].writes_questions]
+    questions = [name for name in manifests if STAGES[command_of(name)].writes_questions]
     last_questions = manifests[questions[-1]] if questions else None
     if last_questions is not None:
         print("\nSample questions:")

@@ -288,7 +288,7 @@ def sampling_config(name: str, **defaults: Any) -> type[SamplingConfig]:
 class ExecutorConfig(Section):
     kind: Literal["local", "ray"] = Field(
         "local",
-        description="local: shards one after another in this process; ray: Ray Data actors, one engine per GPU.",
+        description="local: shards one after another in this process; ray: a pool of Ray actors, one engine per GPU.",
     )
     address: str | None = Field(
         None,

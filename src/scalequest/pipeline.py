@@ -178,16 +178,24 @@ STAGES: dict[str, Stage] = {
 }
 
 # `${stages.NAME.output}` in a pipeline YAML: another (earlier) stage's output folder.
-REFERENCE = re.compile(r"\$\{stages\.([a-z-]+)\.output\}")
+REFERENCE = re.compile(r"\$\{stages\.([a-z0-9@_-]+)\.output\}")
+
+
+def command_of(name: str) -> str:
+    """The command a pipeline step runs: a step is a command, or COMMAND@TAG for a further instance of it
+    (`generate-questions@qft` beside `generate-questions`: the paper's two generators in one pipeline)."""
+    return name.split("@", 1)[0]
 
 
 def fill_from_earlier(
     name: str, values: dict[str, Any], outputs: dict[str, Path]
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Fill unset fields from earlier stages' outputs; return the values and {field: feeding stage}."""
+    """Fill unset fields from earlier stages' outputs; return the values and {field: feeding step}. Of several
+    steps of one command, the latest feeds."""
+    latest = {command_of(step): step for step in outputs}
     wired = {}
-    for field_name, sources in STAGES[name].feeds.items():
-        present = [source for source in sources if source in outputs]
+    for field_name, sources in STAGES[command_of(name)].feeds.items():
+        present = [latest[source] for source in sources if source in latest]
         if not present:
             continue
         node = values
@@ -231,7 +239,7 @@ class PipelineConfig(Section):
 
 
 def run_one(name: str, config, force: bool = False) -> dict:
-    return STAGES[name].run(config, force=force)
+    return STAGES[command_of(name)].run(config, force=force)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[PipelineConfig, list[tuple[str, Any]]]:
@@ -245,18 +253,18 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Pipeline
     """As `load_pipeline`, with each stage's wired fields ({field: earlier stage that feeds it})."""
     data = read_yaml(path)
     for key, value in parse_overrides(list(overrides)).items():
-        if key in STAGES:
+        if command_of(key) in STAGES:
             data.setdefault("stages", {})
             data["stages"][key] = deep_merge(data["stages"].get(key) or {}, value)
         else:
             data[key] = value
     pipeline = build_config(PipelineConfig, data, str(path))
     names = list(pipeline.stages)
-    unknown = [n for n in names if n not in STAGES]
+    unknown = [n for n in names if command_of(n) not in STAGES]
     if unknown:
         raise ConfigError(f"{path}: unknown stage {unknown[0]!r}; valid stages in order: {', '.join(STAGES)}")
-    order = [n for n in STAGES if n in names]
-    if names != order:
+    position = {command: index for index, command in enumerate(STAGES)}
+    if names != sorted(names, key=lambda n: position[command_of(n)]):  # several steps of one command: YAML order
         raise ConfigError(f"{path}: stages out of order ({', '.join(names)}); the order is: {', '.join(STAGES)}")
     stages = []
     outputs: dict[str, Path] = {}
@@ -265,7 +273,7 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Pipeline
         values = resolve_references(copy.deepcopy(pipeline.stages[name] or {}), outputs, where)
         values.setdefault("output", str(pipeline.output_dir / name))
         values, wired = fill_from_earlier(name, values, outputs)
-        config = build_config(STAGES[name].config, values, where)
+        config = build_config(STAGES[command_of(name)].config, values, where)
         stages.append((name, config, wired))
         outputs[name] = config.output
     return pipeline, stages
@@ -279,10 +287,10 @@ def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
     _, planned = plan_pipeline(path, overrides)
     lines = []
     for number, (name, config, wired) in enumerate(planned, start=1):
-        stage = STAGES[name]
+        stage = STAGES[command_of(name)]
         lines.append(f"{number}. {name} ({stage.kind}; {stage.phase})")
         inputs = [("input", config.input)] if "input" in type(config).model_fields else []
-        inputs += [("sources", ", ".join(map(str, config.sources)))] if name == "qft" else []
+        inputs += [("sources", ", ".join(map(str, config.sources)))] if stage.name == "qft" else []
         for label, value in inputs:
             lines.append(f"     {label}: {value}" + (f"  <- {wired[label]}" if label in wired else ""))
         for index, source in enumerate(getattr(config, "inputs", None) or []):  # merge

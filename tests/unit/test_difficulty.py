@@ -181,6 +181,23 @@ def test_label_rejects_rows_without_gold_before_any_output(tmp_path, monkeypatch
     assert not (tmp_path / "labels").exists()
 
 
+def test_label_reads_several_sources_each_with_its_own_fields_and_gold_format(tmp_path, monkeypatch):
+    """The paper labels GSM8K and MATH train: one solver pass over both, each read its own way."""
+    math_rows = [{"id": "m0", "problem": "What is 20 + 30 + 22?", "solution": "It is $\\boxed{72}$."}]
+    math_file = write_jsonl(tmp_path / "math.jsonl", math_rows)
+    solver = CannedSolver({**SOLUTIONS, math_rows[0]["problem"]: ["\\boxed{72}", "72", "\\boxed{1}", "\\boxed{72}"]})
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: solver)
+    more = [{"input": str(math_file), "question_field": "problem", "answer_field": "solution", "gold_format": "boxed"}]
+    manifest = run_row_stage(LabelDifficulty, label_config(tmp_path, limit=3, more_sources=more))
+    rows = io.load_rows(tmp_path / "labels")
+    assert [row["id"] for row in rows] == ["gsm8k-0", "gsm8k-1", "gsm8k-2", "m0"]
+    assert rows[-1]["gold"] == "72" and rows[-1]["fail_rate"] == 0.5
+    assert manifest["sources"] == [str(tmp_path / "gsm8k.jsonl"), str(math_file)]
+    with pytest.raises(io.DataError, match="duplicate id 'gsm8k-0'"):
+        again = [{"input": str(tmp_path / "gsm8k.jsonl")}]
+        run_row_stage(LabelDifficulty, label_config(tmp_path, output=tmp_path / "l2", more_sources=again))
+
+
 def test_label_reads_a_hub_dataset(tmp_path, monkeypatch):
     import datasets
 

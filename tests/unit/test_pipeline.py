@@ -88,6 +88,43 @@ def test_run_plan_prints_inputs_models_and_outputs_and_runs_nothing(tmp_path, ca
     assert not run.exists()
 
 
+def test_two_generators_in_one_pipeline_and_their_merge(tmp_path, capsys):
+    """COMMAND@TAG is a further step of one command: the paper's two generators, merged, in one pipeline."""
+    path = write_pipeline(
+        tmp_path / "p.yaml",
+        {
+            "qft": {"sources": [{"bundled": "gsm8k_train"}]},
+            "generate-questions": {"num": 4, "engine": {"model": "org/generator-a"}},
+            "generate-questions@b": {"num": 4, "engine": {"model": "${stages.qft.output}"}},
+            "merge": {"inputs": ["${stages.generate-questions.output}", "${stages.generate-questions@b.output}"]},
+            "filter-language": {},
+        },
+    )
+    assert main(["run", "--plan", "-c", str(path), "generate-questions@b.num=6"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert "2. generate-questions (row-wise; Question generation)" in out
+    assert "3. generate-questions@b (row-wise; Question generation)" in out
+    assert f"engine.model: {run / 'qft'}" in out and "engine.model: org/generator-a" in out
+    assert f"inputs[0]: {run / 'generate-questions'}  <- generate-questions" in out
+    assert f"inputs[1]: {run / 'generate-questions@b'}  <- generate-questions@b" in out
+    assert f"input: {run / 'merge'}  <- merge" in out
+    _, planned = load_pipeline(path, ["generate-questions@b.num=6"])
+    assert [(name, getattr(config, "num", None)) for name, config in planned][1:3] == [
+        ("generate-questions", 4),
+        ("generate-questions@b", 6),
+    ]
+
+
+def test_a_step_of_an_unknown_command_or_out_of_order_is_an_error(tmp_path):
+    bad = write_pipeline(tmp_path / "a.yaml", {"generate-questions@b": {}, "qft": {}})
+    with pytest.raises(ConfigError, match="out of order"):
+        load_pipeline(bad)
+    unknown = write_pipeline(tmp_path / "b.yaml", {"no-such@b": {}})
+    with pytest.raises(ConfigError, match="unknown stage 'no-such@b'"):
+        load_pipeline(unknown)
+
+
 def test_a_declared_flag_is_a_shortcut_for_its_field(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(

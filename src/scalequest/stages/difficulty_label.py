@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import DataSource, EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
+from scalequest.config import DataSource, EngineConfig, HFEngineConfig, RowStageConfig, Section, sampling_config
 from scalequest.engines import load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
@@ -68,6 +68,18 @@ GOLD_FORMATS = {
 }
 
 
+class LabelSource(Section):
+    """A further source of questions with known answers, with its own fields and gold format."""
+
+    input: DataSource = Field(..., description="Questions with known answers (a path, {bundled: ...} or {hub: ...}).")
+    question_field: str = Field("question", description="Field holding the question (MATH: problem).")
+    answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
+    gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
+        "gsm8k", description="How answer_field holds the gold: gsm8k ('#### N'), boxed (MATH) or plain."
+    )
+    limit: int | None = Field(None, ge=1, description="Label only the first N questions of this source.")
+
+
 class DifficultyLabelConfig(RowStageConfig):
     """Label questions with known answers by a solver's fail rate over n sampled solutions."""
 
@@ -85,7 +97,12 @@ class DifficultyLabelConfig(RowStageConfig):
         description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with "
         "\\boxed{} (MATH); plain = the answer itself.",
     )
-    limit: int | None = Field(None, ge=1, description="Label only the first N questions.")
+    limit: int | None = Field(None, ge=1, description="Label only the first N questions of `input`.")
+    more_sources: list[LabelSource] = Field(
+        default_factory=list,
+        description="Further sources labelled with `input`, each {input, question_field, answer_field, gold_format, "
+        "limit} (the paper: GSM8K and MATH train).",
+    )
     engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The solver (paper: DeepSeekMath-7B-RL).")
     sampling: LabelSampling = Field(
         default_factory=LabelSampling,
@@ -107,34 +124,54 @@ class DifficultyLabelConfig(RowStageConfig):
 class LabelDifficulty(RowStage):
     config: DifficultyLabelConfig
 
+    def sources(self) -> list[LabelSource]:
+        config = self.config
+        first = LabelSource(
+            input=config.input,
+            question_field=config.question_field,
+            answer_field=config.answer_field,
+            gold_format=config.gold_format,
+            limit=config.limit,
+        )
+        return [first, *config.more_sources]
+
+    def input_fingerprint(self) -> str | None:
+        return "-".join(io.input_fingerprint(source.input) for source in self.sources())
+
     # Questions are read once, cut to `limit` and checked for a gold answer before any shard runs.
     def labelled_rows(self) -> list[dict]:
-        """Rows {id, question, gold}; a row without a question or a readable gold answer is an error."""
+        """Rows {id, question, gold} of every source; a row without a question or a readable gold answer, or an id
+        found twice, is an error."""
         if hasattr(self, "_rows"):
             return self._rows
-        config = self.config
-        read_gold, expected = GOLD_FORMATS[config.gold_format]
-        rows = []
-        for row in io.read_rows(config.input):
-            if config.limit is not None and len(rows) >= config.limit:
-                break
-            question = row.get(config.question_field)
-            if not isinstance(question, str) or not question.strip():
-                raise io.DataError(
-                    f"input {config.input}: row {row['id']} has no question in field {config.question_field!r}"
-                )
-            if row.get(config.answer_field) is None:
-                raise io.DataError(
-                    f"input {config.input}: row {row['id']} has no field {config.answer_field!r} with its known answer "
-                    "(set answer_field to the field holding the gold answer)"
-                )
-            gold = read_gold(row[config.answer_field])
-            if not gold:
-                raise io.DataError(
-                    f"input {config.input}: row {row['id']}: field {config.answer_field!r} is not {expected} "
-                    f"(gold_format {config.gold_format}); set gold_format or answer_field"
-                )
-            rows.append({"id": row["id"], "question": question, "gold": gold})
+        rows, seen = [], set()
+        for source in self.sources():
+            read_gold, expected = GOLD_FORMATS[source.gold_format]
+            taken = 0
+            for row in io.read_rows(source.input):
+                if source.limit is not None and taken >= source.limit:
+                    break
+                taken += 1
+                question = row.get(source.question_field)
+                if not isinstance(question, str) or not question.strip():
+                    raise io.DataError(
+                        f"input {source.input}: row {row['id']} has no question in field {source.question_field!r}"
+                    )
+                if row.get(source.answer_field) is None:
+                    raise io.DataError(
+                        f"input {source.input}: row {row['id']} has no field {source.answer_field!r} with its known "
+                        "answer (set answer_field to the field holding the gold answer)"
+                    )
+                gold = read_gold(row[source.answer_field])
+                if not gold:
+                    raise io.DataError(
+                        f"input {source.input}: row {row['id']}: field {source.answer_field!r} is not {expected} "
+                        f"(gold_format {source.gold_format}); set gold_format or answer_field"
+                    )
+                if row["id"] in seen:
+                    raise io.DataError(f"input {source.input}: duplicate id {row['id']!r}; ids must be unique")
+                seen.add(row["id"])
+                rows.append({"id": row["id"], "question": question, "gold": gold})
         self._rows = rows
         return rows
 
@@ -199,6 +236,7 @@ class LabelDifficulty(RowStage):
         rates = [row["fail_rate"] for row in io.load_rows(self.config.output)]
         return {
             "input": str(self.config.input),
+            **({"sources": [str(source.input) for source in self.sources()]} if self.config.more_sources else {}),
             "solver": self.config.engine.model,
             "mean_fail_rate": round(sum(rates) / len(rates), 4) if rates else None,
             "fail_rate_histogram": histogram(rates),
