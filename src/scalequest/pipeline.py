@@ -191,11 +191,14 @@ def fill_from_earlier(
     name: str, values: dict[str, Any], outputs: dict[str, Path]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Fill unset fields from earlier stages' outputs; return the values and {field: feeding step}. Of several
-    steps of one command, the latest feeds."""
+    steps of one command, the one with this step's tag feeds (`qpo@b` reads `qft@b`, `qpo` reads `qft`), else the
+    latest."""
+    tag = name.partition("@")[2]
     latest = {command_of(step): step for step in outputs}
     wired = {}
     for field_name, sources in STAGES[command_of(name)].feeds.items():
-        present = [latest[source] for source in sources if source in latest]
+        present = [f"{s}@{tag}" if tag else s for s in sources if (f"{s}@{tag}" if tag else s) in outputs]
+        present = present or [latest[source] for source in sources if source in latest]
         if not present:
             continue
         node = values
@@ -293,6 +296,8 @@ def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
         inputs += [("sources", ", ".join(map(str, config.sources)))] if stage.name == "qft" else []
         for label, value in inputs:
             lines.append(f"     {label}: {value}" + (f"  <- {wired[label]}" if label in wired else ""))
+        for index, more in enumerate(getattr(config, "more_sources", None) or []):  # difficulty-label
+            lines.append(f"     more_sources[{index}]: {more.input}")
         for index, source in enumerate(getattr(config, "inputs", None) or []):  # merge
             earlier = [n for n, c, _ in planned[: number - 1] if source.path is not None and source.path == c.output]
             lines.append(f"     inputs[{index}]: {source}" + (f"  <- {earlier[0]}" if earlier else ""))
