@@ -99,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)"
     )
     cost.add_argument("--debug", action="store_true", help="show tracebacks")
+    report = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report of a run (charts, funnel, cost, samples)",
+        description="Write RUN_DIR/report/report.html (charts embedded) and its PNGs from a pipeline's output "
+        "folder or one stage's folder.",
+    )
+    report.add_argument("run_dir", help="a pipeline's output_dir, a folder of them, or one stage's output folder")
+    report.add_argument("--output", default=None, help="folder for report.html and the PNGs (default: RUN_DIR/report)")
+    report.add_argument("--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+    inspect = sub.add_parser(
+        "inspect",
+        help="browse the rows of a stage output: kept, removed (with reason and evidence), one by id",
+        description="Browse the rows of a stage output in the terminal; --json prints them as JSON lines.",
+    )
+    inspect.add_argument("output", help="a stage's output folder")
+    inspect.add_argument("--removed", metavar="REASON|all", help="show removed rows: those of one reason, or all")
+    inspect.add_argument("--id", help="show the row with this id, kept or removed")
+    inspect.add_argument("--sample", type=int, metavar="N", help="N rows at random (seeded by --seed)")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
+    inspect.add_argument(
+        "--limit", type=int, default=5, metavar="N", help="without --sample: the first N rows; 0: all (default: 5)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print the rows as JSON lines, for scripts")
+    inspect.add_argument("--debug", action="store_true", help="show tracebacks")
     serve = sub.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
@@ -178,6 +203,14 @@ def dispatch(args) -> None:
 
         price = PAPER_PRICE_PER_GPU_HOUR if args.price is None else args.price
         print(cost_markdown(cost_rows(args.run_dir, price), price))
+    elif args.command == "inspect":
+        from scalequest import inspect
+
+        inspect.main(args)
+    elif args.command == "report":
+        from scalequest.report import write_report
+
+        print(f"report: {write_report(args.run_dir, args.output, args.price)}")
     elif args.command == "serve":
         serve(args)
     elif args.command == "run":

@@ -27,11 +27,16 @@ def cost_rows(run_dir: str | Path, price_per_gpu_hour: float = PAPER_PRICE_PER_G
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise io.DataError(f"run folder {run_dir} does not exist")
-    from scalequest.pipeline import STAGES
-
     manifests = stage_manifests(run_dir)
     if not manifests:
         raise io.DataError(f"run folder {run_dir} holds no finished stage (no */manifest.json)")
+    return cost_table(manifests, price_per_gpu_hour)
+
+
+def cost_table(manifests: list[dict], price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR) -> list[dict]:
+    """One row per phase of these manifests (in the order given), then the total."""
+    from scalequest.pipeline import STAGES
+
     rows: dict[str, dict] = {}
     for manifest in manifests:
         phase = STAGES[manifest["stage"]].phase if manifest["stage"] in STAGES else manifest["stage"]

@@ -6,6 +6,7 @@ An output folder looks like:
     .stats/00000.json ...   per-shard counts, written just before the shard, so resumed runs keep them
     config.yaml             the resolved config, written when the stage starts
     manifest.json           written last; its presence means the stage finished
+    log.txt                 the stage's timestamped log, appended to by every run (no data: never read as rows)
 
 Load any output with `datasets.load_dataset("json", data_files="OUTPUT/shard-*.jsonl")`.
 """

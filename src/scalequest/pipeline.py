@@ -24,9 +24,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from scalequest import progress
 from scalequest.runner import run_row_stage
 from scalequest.stage import RowStage
 from scalequest.config import ConfigError, Section, StageConfig, build_config, deep_merge, parse_overrides, read_yaml
+from scalequest.hub import require_token
 from scalequest.stages import qft, qpo, reward_train, sft
 from scalequest.stages.decontaminate import Decontaminate, DecontaminateConfig
 from scalequest.stages.difficulty_label import DifficultyLabelConfig, LabelDifficulty
@@ -315,8 +317,12 @@ def describe_plan(path: str | Path, overrides: list[str] = ()) -> str:
 def run_pipeline(path: str | Path, overrides: list[str] = (), force: bool = False) -> list[tuple[str, dict]]:
     """Run every stage in order; return (stage, manifest) pairs."""
     _, stages = load_pipeline(path, overrides)
+    for _, config in stages:  # a stage that pushes to the Hub without a token fails before the first one runs
+        if getattr(config, "push_to_hub", None):
+            require_token(config.push_to_hub)
     results = []
-    for name, config in stages:
-        log.info("stage %s -> %s", name, config.output)
-        results.append((name, run_one(name, config, force=force)))
+    for number, (name, config) in enumerate(stages, start=1):
+        log.info("stage %d/%d: %s -> %s", number, len(stages), name, config.output)
+        with progress.pipeline_step(number, len(stages), name):  # the progress view shows [number/N] name
+            results.append((name, run_one(name, config, force=force)))
     return results

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from scalequest import io
+from scalequest import io, progress
 from scalequest.config import ENGINE_CONFIGS, DataSource, RowStageConfig, StageConfig
 from scalequest.models import model_provenance, models_fingerprint
 from scalequest.stage import RowStage, Shard, ShardResult, read_partial, write_shard
@@ -61,6 +61,9 @@ def run_hash(config: StageConfig, fingerprint: str | None) -> str:
 
 
 LOCK = ".lock"
+# Files of an output folder that are no stage's data or work: the lock of the driver at work, the stages' log.
+# They never make a folder foreign or started, and --force keeps the log (the history of every run there).
+BOOKKEEPING = (LOCK, progress.LOG)
 
 
 @contextmanager
@@ -146,7 +149,7 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
     wanted = run_hash(config, fingerprint)
     if out.exists() and not out.is_dir():
         raise io.DataError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(path.name != LOCK for path in out.iterdir()):
+    if out.is_dir() and any(path.name not in BOOKKEEPING for path in out.iterdir()):
         saved_path = out / io.CONFIG
         if not saved_path.is_file():
             raise io.DataError(
@@ -161,7 +164,7 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
         same = saved.get("run_hash") == wanted
         if same and io.read_manifest(out) is not None and not force:
             return True
-        started_work = any(path.name not in (io.CONFIG, LOCK) for path in out.iterdir())
+        started_work = any(path.name not in (io.CONFIG, *BOOKKEEPING) for path in out.iterdir())
         if not same and started_work and not force:
             raise io.DataError(
                 f"output folder {out} holds a {config.stage} run with another config, input or model; pass --force to "
@@ -169,7 +172,7 @@ def prepare_output(config: StageConfig, fingerprint: str | None, force: bool) ->
             )
         if force:
             for path in out.iterdir():
-                if path.name != LOCK:
+                if path.name not in BOOKKEEPING:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     io.remove_temporary_files(out)
@@ -216,28 +219,58 @@ def run_locked(stage: RowStage, fingerprint: str | None, rows_in_total: int, for
     config, out = stage.config, stage.config.output
     started = time.time()
     if prepare_output(config, fingerprint, force):
+        # A finished output is left as it is, log.txt included: the line goes to the console only.
         log.info("%s: already finished in %s (same config and input); pass --force to redo", config.stage, out)
         manifest = io.read_manifest(out)
         stage.after_finish(manifest)
         return manifest
+    with progress.stage_log(out, config.stage):
+        return run_pending(stage, fingerprint, rows_in_total, started)
+
+
+def run_pending(stage: RowStage, fingerprint: str | None, rows_in_total: int, started: float) -> dict[str, Any]:
+    """Run the shards that still need work, settle failed rows, write the manifest; logged to OUTPUT/log.txt."""
+    config, out = stage.config, stage.config.output
+    rows_done, removed_done, shards_done = done_counts(out)
+    partial = len(list((out / io.PARTIAL_DIR).glob("*.json")))
+    if shards_done or partial:
+        progress.note(
+            log,
+            "%s: resuming in %s: %d of %d input rows done in %d finished shards, skipping those%s",
+            config.stage,
+            out,
+            rows_done,
+            rows_in_total,
+            shards_done,
+            f"; retrying the failed rows of {partial} shards" if partial else "",
+        )
+    else:
+        progress.note(log, "%s: started on %d input rows -> %s", config.stage, rows_in_total, out)
     if rows_in_total == 0:
         log.warning("%s: the input holds no rows; writing an empty output", config.stage)
 
     stage.prepare()
     pending = (shard for shard in stage.input_shards() if not io.shard_path(out, shard.index).is_file())
     if config.executor.kind == "ray":
-        from scalequest.executors.ray import run_ray
-
-        run_ray(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+        from scalequest.executors.ray import run_ray as execute
     else:
-        from scalequest.executors.local import run_local
-
-        run_local(stage, pending, out, total_rows=rows_in_total, done_rows=done_rows(out))
+        from scalequest.executors.local import run_local as execute
+    execute(stage, pending, out, total_rows=rows_in_total, done_rows=rows_done, done_removed=removed_done)
     settle_failed_rows(stage, rows_in_total)
     if not any(out.glob(io.SHARD_GLOB)):  # no input rows: one empty shard keeps the output readable downstream
         write_shard(out, Shard(0, []), ShardResult(rows=[]), 0.0)
     manifest = build_manifest(stage, fingerprint, started)
     io.atomic_write_text(out / io.MANIFEST, json.dumps(manifest, indent=2))
+    progress.note(
+        log,
+        "%s: finished: %d rows in -> %d out, %d removed, %d tokens out, %.1fs this run",
+        config.stage,
+        manifest["rows_in"],
+        manifest["rows_out"],
+        sum(manifest["dropped"].values()),
+        manifest["tokens_out"],
+        manifest["last_run_seconds"],
+    )
     stage.after_finish(manifest)
     return manifest
 
@@ -281,8 +314,13 @@ def run_row_stage(stage_class: type[RowStage], config: StageConfig, force: bool 
     return run_stage(stage_class(config), force=force)
 
 
-def done_rows(out: Path) -> int:
-    return sum(json.loads(p.read_text())["rows_in"] for p in finished_stats(out))
+def done_counts(out: Path) -> tuple[int, int, int]:
+    """(input rows, rows removed, shards) of the shards finished in `out`: where a resumed run starts."""
+    rows = removed = shards = 0
+    for path in finished_stats(out):
+        stats = json.loads(path.read_text())
+        rows, removed, shards = rows + stats["rows_in"], removed + sum(stats["dropped"].values()), shards + 1
+    return rows, removed, shards
 
 
 def finished_stats(out: Path) -> list[Path]:

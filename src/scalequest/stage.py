@@ -234,6 +234,7 @@ def write_shard(
     """Removed rows and stats first, then the rows: a shard counts as done only once its rows file is in place.
 
     A result with failed rows is saved whole under OUTPUT/.partial/ instead, and the shard stays pending.
+    Returns the stats with the shard's `index` and its `failed` rows, for the progress view.
     """
     stats = {
         "device": devices[0],
@@ -249,10 +250,10 @@ def write_shard(
     if result.failed:
         saved = {name: getattr(result, name) for name in ShardResult.__dataclass_fields__} | {"seconds": seconds}
         io.atomic_write_text(io.partial_path(out, shard.index), json.dumps(saved, ensure_ascii=False))
-        return {**stats, "failed": len(result.failed)}
+        return {**stats, "index": shard.index, "failed": len(result.failed)}
     if keep_removed and result.removed:
         io.atomic_write_text(io.removed_path(out, shard.index), io.to_jsonl(result.removed))
     io.atomic_write_text(io.stats_path(out, shard.index), json.dumps(stats))
     io.atomic_write_text(io.shard_path(out, shard.index), io.to_jsonl(result.rows))
     io.partial_path(out, shard.index).unlink(missing_ok=True)
-    return {**stats, "failed": 0}
+    return {**stats, "index": shard.index, "failed": 0}

@@ -4,7 +4,8 @@ Training is done by TRL / transformers trainers; this module only maps our confi
 checkpoints into OUTPUT/checkpoints so a killed run resumes from the last checkpoint, and saves the final
 model (LoRA merged) as a plain model directory that every engine loads. Once the manifest is written the
 checkpoints are deleted (unless `keep_checkpoints`): they hold the weights again plus the optimizer state,
-about three times the model, and served only to resume.
+about three times the model, and served only to resume. With `push_to_hub` the finished folder (and a model card,
+README.md) is then uploaded to a Hub model repo, also when the stage had already finished.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import shutil
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pydantic import Field, field_validator
 
-from scalequest import io
+from scalequest import hub, io, progress
 from scalequest.config import DataSource, Section, StageConfig
 from scalequest.models import model_provenance
 from scalequest.runner import (
@@ -80,6 +82,15 @@ class TrainingOptions(StageConfig):
         "are deleted, since they only serve to resume.",
     )
     trust_remote_code: bool = Field(False, description="Allow the model repository to run its own code.")
+    push_to_hub: str | None = Field(
+        None,
+        description="Also upload the trained model (weights, tokenizer, config, manifest.json, config.yaml and a model "
+        "card; not the checkpoints) to this Hub model repo (user/name), also when the stage had already finished; "
+        "the token comes from the environment (HF_TOKEN), never from the config.",
+    )
+    private: bool = Field(
+        False, description="Create the Hub repo as private (with push_to_hub); an existing repo keeps its visibility."
+    )
     trainer: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other field of the stage's trainer arguments (transformers TrainingArguments, TRL SFTConfig "
@@ -135,7 +146,7 @@ OWN_FIELDS = {
     "seed": "seed",
     "logging_steps": "logging_steps",
     "save_steps": "save_steps",
-    "disable_tqdm": "progress",
+    "disable_tqdm": "progress",  # transformers' bar is always off: our progress view shows the steps (`progress`)
     "max_length": "max_length",
 }
 
@@ -181,7 +192,7 @@ def trainer_arguments(config: TrainingOptions, arguments_class: type, **stage_ar
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
-        disable_tqdm=not config.progress,
+        disable_tqdm=True,  # the progress view shows the steps, and a line per logging step (ProgressCallback)
         # Pinned memory only helps copies to a GPU; on a CPU torch warns about it on every data loader.
         dataloader_pin_memory=gpu_count() > 0,
     )
@@ -195,14 +206,20 @@ def run_training(
     check: Callable[[], None] | None = None,
     fingerprint: str | None = None,
     entries: dict | None = None,
+    complete: Callable[[dict], dict] | None = None,
 ) -> dict:
-    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save, write the manifest.
+    """Train with the trainer `build_trainer` returns, resuming from the last checkpoint; save, write the manifest;
+    then, on the main process, `complete` the manifest (e.g. held-out scores) and push the model when asked.
 
     `fingerprint` identifies the training data (default: that of `config.input`); `entries` go into the manifest.
+    `complete` runs on the finished manifest, also when the stage had already finished, and returns it (rewriting
+    manifest.json itself when it adds to it).
     """
     from accelerate import PartialState
 
     started = time.time()
+    if config.push_to_hub:  # a missing token fails now, not after hours of training
+        hub.require_token(config.push_to_hub)
     check_output_apart_from_inputs(config)
     check_input_finished(config)  # never train on what a killed or running stage left
     if check is not None:
@@ -215,23 +232,41 @@ def run_training(
         state.wait_for_everyone()
         if finished or io.read_manifest(config.output) is not None:
             log.info("%s: already finished in %s; pass --force to retrain", config.stage, config.output)
-            return io.read_manifest(config.output)
-        return train(config, build_trainer, state, started, fingerprint, entries or {})
+            manifest = io.read_manifest(config.output)
+        else:
+            with progress.stage_log(config.output, config.stage) if state.is_main_process else nullcontext():
+                manifest = train(config, build_trainer, state, started, fingerprint, entries or {})
+        if not state.is_main_process:
+            return manifest
+        if complete is not None:
+            manifest = complete(manifest)
+        if config.push_to_hub:
+            push_model(config, manifest)
+        return manifest
 
 
 def train(config, build_trainer: Callable[[], Any], state, started: float, fingerprint: str, entries: dict) -> dict:
+    import datasets  # noqa: F401  (loaded before the progress view opens, so that the view silences its bars too)
+    from transformers import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    trainer = build_trainer()
     checkpoints = config.output / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
-        log.info("%s: resuming from %s", config.stage, last)
-    result = trainer.train(resume_from_checkpoint=last)
-    save_model(trainer, config)
+        progress.note(log, "%s: resuming from %s", config.stage, last)
+    else:
+        progress.note(log, "%s: started -> %s", config.stage, config.output)
+    # One process shows the view and logs the steps: the main one of an `accelerate launch`.
+    view = progress.StageView(config.stage, None, unit="steps", enabled=config.progress and state.is_main_process)
+    with view:
+        trainer = build_trainer()
+        trainer.remove_callback(PrinterCallback)  # it prints each log entry as a dict; ProgressCallback writes a line
+        trainer.add_callback(ProgressCallback(view))
+        result = trainer.train(resume_from_checkpoint=last)
+        save_model(trainer, config)
     if not state.is_main_process:
         return {}
-    return finish_training(
+    manifest = finish_training(
         config,
         trainer,
         result,
@@ -243,6 +278,35 @@ def train(config, build_trainer: Callable[[], Any], state, started: float, finge
             **entries,
         },
     )
+    progress.note(
+        log,
+        "%s: finished: %d rows, %d steps, train loss %.4g, %.1fs",
+        config.stage,
+        manifest["rows_in"],
+        manifest["steps"],
+        manifest["train_loss"],
+        manifest["wall_seconds"],
+    )
+    return manifest
+
+
+def ProgressCallback(view: progress.StageView):
+    """A transformers TrainerCallback that moves `view` with the trainer's steps and turns each log entry (loss,
+    learning rate, ...) into one line on the console and in log.txt."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            view.start_steps(state.global_step, state.max_steps or None)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            view.step(state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                view.logged(logs, log)
+
+    return Callback()
 
 
 def finish_training(config: TrainingOptions, trainer, result, started: float, entries: dict) -> dict:
@@ -310,3 +374,130 @@ def read_examples(source: DataSource, fields: tuple[str, ...]) -> list[dict]:
     if not rows:
         raise io.DataError(f"input {source} holds no rows to train on")
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hub: the finished model folder and its card
+# ----------------------------------------------------------------------------------------------
+
+MODEL_CARD_TEMPLATE = "cards/model_card.md"  # package data: a Jinja template for huggingface_hub.ModelCard
+# What the model folder holds that does not go to the Hub: the checkpoints (kept with keep_checkpoints) and hidden
+# files (the .lock, temporary files of atomic writes), and the stage's log.txt (local paths and times).
+PUSH_IGNORE = ["checkpoints/*", ".*", "*/.*", progress.LOG]
+# How each stage's model is loaded, and its Hub pipeline tag.
+MODEL_KINDS = {
+    "difficulty-train": ("AutoModelForSequenceClassification", "text-classification"),
+    "reward-train": ("AutoModelForSequenceClassification", "text-classification"),
+}
+CAUSAL_LM = ("AutoModelForCausalLM", "text-generation")
+STAGE_PURPOSE = {
+    "qft": "a question generator: fine-tuned on questions alone (question fine-tuning), it writes a new math "
+    "question when given only the opening of a user turn",
+    "qpo": "a question generator tuned by question preference optimization (DPO toward solvable, harder rewrites "
+    "of its questions)",
+    "difficulty-train": "a difficulty scorer: a regression head predicting how often a solver fails a question",
+    "reward-train": "a reward model: a scalar head scoring a response to a math question",
+    "sft": "a math problem solver fine-tuned on question/response pairs",
+}
+
+
+def training_data(config: TrainingOptions) -> tuple[list[str], list[str]]:
+    """What the stage trained on (QFT's `sources`, every other stage's `input`) as the card names it, without
+    local paths, and the Hub datasets among them (an earlier stage's output that it pushed counts too)."""
+    sources = getattr(config, "sources", None) or [getattr(config, "input", None)]
+    names, hub_ids = [], set()
+    for source in (s for s in sources if s is not None):
+        if source.hub is not None:
+            names.append(f"`{source}` (Hub)")
+            hub_ids.add(source.hub)
+        elif source.bundled is not None:
+            names.append(f"`{source.bundled}`, bundled with scalequest")
+        else:
+            manifest = io.read_manifest(source.path) if source.path.is_dir() else None
+            pushed = ((manifest or {}).get("config") or {}).get("push_to_hub")
+            if pushed:
+                hub_ids.add(pushed)
+            stage = f"the output of `{manifest['stage']}`" if manifest and manifest.get("stage") else "local data"
+            names.append(f"`{source.path.name}`, {stage}" + (f", on the Hub as `{pushed}`" if pushed else ""))
+    return names, sorted(hub_ids)
+
+
+def folder_name(name: str) -> str:
+    """A Hub id as it is, a local folder by its name only: the card names no local path."""
+    return Path(name).name if name.startswith((".", "/", "~")) or Path(name).expanduser().exists() else name
+
+
+def model_card(config: TrainingOptions, manifest: dict) -> str:
+    """The model card: the Hub's metadata (license of the base model when known, base model, datasets, tags), then
+    what the model is, the base model, the data, the training figures from the manifest and how to load it.
+    Rendered by huggingface_hub's `ModelCard.from_template` from `scalequest/cards/model_card.md`."""
+    from importlib import resources
+
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data, hub_datasets = training_data(config)
+    base, revision, on_hub, original = hub.base_model(config.model, config.revision)
+    license_id, license_name = hub.license_of(original, "model", revision if original == base else None)
+    auto_class, pipeline_tag = MODEL_KINDS.get(config.stage, CAUSAL_LM)
+    metadata = ModelCardData(
+        license=license_id if license_id != "unknown" else None,
+        license_name=license_name,
+        base_model=base if on_hub else None,
+        datasets=hub_datasets or None,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=["scalequest", config.stage, "math"],
+    )
+    held_out = manifest.get("held_out") or {}
+    figures = [
+        ("training rows", manifest.get("rows_in")),
+        ("optimizer steps", manifest.get("steps")),
+        ("epochs", config.epochs if config.max_steps < 0 else None),
+        ("learning rate", config.learning_rate),
+        ("batch size per device x accumulation", f"{config.batch_size} x {config.gradient_accumulation_steps}"),
+        ("LoRA rank", config.lora.r if config.lora is not None else None),
+        ("mean training loss", manifest.get("train_loss")),
+        (
+            "first / last logged loss",
+            f"{manifest['first_logged_loss']} / {manifest.get('last_logged_loss')}"
+            if manifest.get("first_logged_loss") is not None
+            else None,
+        ),
+        *((f"held-out {key}", value) for key, value in held_out.items() if value is not None),
+        ("wall time (s)", manifest.get("wall_seconds")),
+        ("devices", ", ".join(manifest.get("devices") or [])),
+        ("GPU-hours", manifest.get("gpu_hours")),
+        ("finished", manifest.get("finished_at")),
+    ]
+    template = resources.files("scalequest").joinpath(MODEL_CARD_TEMPLATE).read_text(encoding="utf-8")
+    card = ModelCard.from_template(
+        metadata,
+        template_str=template,
+        repo_id=config.push_to_hub,
+        stage=config.stage,
+        purpose=STAGE_PURPOSE.get(config.stage, f"the model of the {config.stage} stage"),
+        base=base if on_hub else folder_name(base),
+        base_revision=revision,
+        base_on_hub=on_hub,
+        original=folder_name(original) if original != base else None,
+        base_license=license_id,
+        base_license_name=license_name,
+        data=data,
+        figures=[{"name": name, "value": value} for name, value in figures if value is not None],
+        auto_class=auto_class,
+    )
+    return str(card).rstrip("\n") + "\n"
+
+
+def push_model(config: TrainingOptions, manifest: dict) -> None:
+    """Write the model card (README.md) into the finished model folder, then upload the folder but its
+    checkpoints and hidden files to the Hub model repo `push_to_hub`."""
+    io.atomic_write_text(config.output / "README.md", model_card(config, manifest))
+    hub.push_folder(
+        config.push_to_hub,
+        config.output,
+        repo_type="model",
+        private=config.private,
+        ignore_patterns=PUSH_IGNORE,
+        commit_message=f"Upload ScaleQuest {config.stage} model",
+    )

@@ -33,9 +33,9 @@ def test_embedded_model_converts_once_and_has_a_chat_prefix():
 
 
 def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, monkeypatch):
-    """`scalequest demo` as a user runs it on a fresh machine: configs/demo.yaml, every stage but reward-select
-    (~6 min on 2 cores), from an empty folder with nothing beside it and the Hub unreachable: it reads only the
-    data bundled with the package."""
+    """`scalequest demo` as a user runs it on a fresh machine: configs/demo.yaml, every stage in the paper's order
+    with two generators merged and a reward model trained and used (~8 min on 2 cores), from an empty folder with
+    nothing beside it and the Hub unreachable: it reads only the data bundled with the package."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -50,25 +50,44 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
         "qpo-data",
         "qpo",
         "generate-questions",
+        "generate-questions@qft",
+        "merge",
         "filter-language",
         "filter-solvability",
         "difficulty-label",
         "difficulty-train",
         "filter-difficulty",
         "generate-responses",
+        "reward-train",
+        "reward-select",
         "decontaminate",
         "export",
         "sft",
         "evaluate",
     }
     generated, filtered = manifests["generate-questions"], manifests["filter-language"]
-    assert generated["rows_out"] == 24 and generated["tokens_out"] > 0
+    assert generated["rows_out"] == 16 and generated["tokens_out"] > 0
+    assert manifests["generate-questions@qft"]["rows_out"] == 8
+    merged = load_rows(out / "merge")
+    assert len(merged) == 24 and len({row["id"] for row in merged}) == 24  # the two generators' ids never collide
+    assert {row["generator"] for row in merged} == {str(out / "qpo"), str(out / "qft")}
     assert filtered["rows_in"] == 24 and filtered["rows_out"] + sum(filtered["dropped"].values()) == 24
     assert all(
         q["question"].isascii() and "<|im_end|>" not in q["question"] for q in load_rows(out / "filter-language")
     )
     assert manifests["qpo-data"]["rows_out"] >= 1 and manifests["qpo"]["steps"] >= 1
+    # Difficulty labels with a spread, so the regressor learns more than a constant; its Spearman is reported.
+    rates = [row["fail_rate"] for row in load_rows(out / "difficulty-label")]
+    assert len(set(rates)) > 1, rates
+    assert "spearman" in manifests["difficulty-train"]["held_out"]
+    assert (
+        manifests["reward-train"]["pairs"]["train"] >= 1
+        and "pairwise_accuracy" in manifests["reward-train"]["held_out"]
+    )
+    # One response per question: the one the trained reward model scored best.
+    exported = load_rows(out / "export")
     assert manifests["export"]["rows_out"] >= 1 and (out / "export" / "README.md").is_file()
+    assert len({row["question_id"] for row in exported}) == len(exported)
     assert (out / "sft" / "model.safetensors").is_file()
     assert manifests["evaluate"]["summary"][0]["source"] == "bundled:gsm8k_test"
     assert manifests["qft"]["input"] == ["bundled:gsm8k_train"]

@@ -478,3 +478,27 @@ def test_stage_summary_shows_the_loss_a_short_training_run_has(capsys):
         "sft: 9 in, 3 steps, train loss 1.250, 2.0s -> out",
         "qft: 9 in, 3 steps, loss 2.500 -> 1.000, 2.0s -> out",
     ]
+
+
+def test_run_shows_one_progress_line_per_stage_and_logs_each_stage(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from scalequest import progress
+
+    screen = Console(file=StringIO(), record=True, width=200)  # not a terminal: each stage's final line, once
+    monkeypatch.setattr(progress, "CONSOLE", screen)
+    pipeline = tiny_pipeline(tmp_path, tiny_model_dir)
+    argv = ["run", "-c", pipeline, "generate-questions.progress=true", "filter-language.progress=true"]
+    assert call(argv) == 0, capsys.readouterr().err
+    lines = screen.export_text().splitlines()
+    assert [line.split(" ━")[0] for line in lines] == ["[1/2] generate-questions", "[2/2] filter-language"]
+    assert "6/6 rows · " in lines[0] and " tok/s · ETA 0:00:00 · removed 0" in lines[0]
+    filtered = json.loads((tmp_path / "run" / "filter-language" / io.MANIFEST).read_text())
+    assert lines[1].endswith(f"removed {sum(filtered['dropped'].values())}")
+    captured = capsys.readouterr()
+    assert "rows/s" not in captured.out + captured.err and "generate:" not in captured.err  # no other bar
+    for stage in ("generate-questions", "filter-language"):
+        log = (tmp_path / "run" / stage / "log.txt").read_text().splitlines()
+        assert f"{stage}: started on 6 input rows" in log[0] and f"{stage}: finished: 6 rows in" in log[-1]

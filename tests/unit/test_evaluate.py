@@ -10,7 +10,7 @@ from scalequest.cli import main
 from scalequest.config import ConfigError, build_config
 from scalequest.engines.base import Completion, Engine
 from scalequest.runner import run_stage
-from scalequest.stages.evaluate import Evaluate, EvaluateConfig, majority_answer
+from scalequest.stages.evaluate import Evaluate, EvaluateConfig, majority_answer, parse_judge_verdict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -135,3 +135,134 @@ def test_bad_benchmark_inputs(tmp_path, shared_data, capsys):
     err = capsys.readouterr().err
     assert "aime24_test.jsonl" in err and str(tmp_path) in err and "data_dir" in err
     assert not (tmp_path / "x").exists()
+
+
+# --- the LLM judge for answers the rules cannot decide ------------------------------------------------------
+
+
+class CannedJudge(Engine):
+    """A judge that answers from a table: text in the question -> judge output; None means the request failed."""
+
+    def __init__(self, answers: dict[str, str | None]):
+        super().__init__()
+        self.answers = answers
+        self.prompts = []
+
+    def generate(self, prompts, params):
+        self.prompts += prompts
+        results = []
+        for prompt in prompts:
+            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            reply = next(v for k, v in self.answers.items() if k in text)
+            results.append([] if reply is None else [Completion(reply, 30, 5)])
+        return self._count(results)
+
+
+# Janet and the point are decided by the rules (right); the robe's repeating decimal and p \ominus q are
+# read by no parser, so only those two go to the judge.
+UNDECIDED_ANSWERS = {
+    "Janet": ["\\boxed{18}"],
+    "robe": ["\\boxed{3.\\overline{0}}"],
+    "Convert the point": ["\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}"],
+    "Define": ["\\boxed{p \\ominus q}"],
+}
+JUDGE_REPLIES = {
+    "robe": "3.000... is 3.\nEQUIVALENT",
+    "Define": "\\ominus is no subtraction here.\n**Verdict: NOT EQUIVALENT**",
+}
+
+
+def run_judged(tmp_path, shared_data, replies, **overrides):
+    values = dict(
+        output=tmp_path / "eval",
+        benchmarks=["gsm8k", "math500"],
+        limit=2,
+        data_dir=shared_data / "benchmarks",
+        progress=False,
+        grading_workers=1,
+        judge={"model": "embedded"},
+    )
+    values.update(overrides)
+    stage = Evaluate(EvaluateConfig(**values))
+    engine, judge = ScriptedEngine(UNDECIDED_ANSWERS), CannedJudge(replies)
+
+    def setup():
+        stage.engine, stage.chat = engine, True
+        stage.judge, stage.judge_chat = judge, True
+
+    stage.setup = setup
+    stage.teardown = lambda: None
+    return run_stage(stage), judge
+
+
+def read_rows(out):
+    return {
+        row["id"]: row
+        for path in sorted(out.glob("shard-*.jsonl"))
+        for row in map(json.loads, path.read_text().splitlines())
+    }
+
+
+def test_judge_sees_only_undecided_answers_and_is_counted_apart(tmp_path, shared_data):
+    manifest, judge = run_judged(tmp_path, shared_data, JUDGE_REPLIES)
+    rows = read_rows(tmp_path / "eval")
+    assert rows["gsm8k-0"]["correct"] is True and rows["gsm8k-0"]["grading_decided"] is True
+    assert rows["gsm8k-0"]["judge_verdict"] is None
+    robe, define = rows["gsm8k-1"], rows["math500-1"]
+    assert robe["grading_decided"] is False and robe["correct"] is False  # the rules' verdict is kept
+    assert robe["judge_verdict"] == "equivalent" and robe["judge_output"].endswith("EQUIVALENT")
+    assert define["judge_verdict"] == "not_equivalent"
+    # One request per undecided answer, with the question, the gold answer and the model's final answer.
+    assert len(judge.prompts) == 2
+    text = judge.prompts[0][-1]["content"]
+    assert "A robe takes 2 bolts" in text and "Reference answer:\n3\n" in text and "3.\\overline{0}" in text
+    assert text.rstrip().endswith("EQUIVALENT or NOT EQUIVALENT.")
+    summary = {s["benchmark"]: s for s in manifest["summary"]}
+    assert summary["gsm8k"]["accuracy"] == 50.0 and summary["gsm8k"]["accuracy_with_judge"] == 100.0
+    assert summary["gsm8k"]["undecided"] == 1 and summary["gsm8k"]["judged"] == 1
+    assert summary["math500"]["accuracy"] == 50.0 and summary["math500"]["accuracy_with_judge"] == 50.0
+    assert summary["average"]["accuracy"] == 50.0 and summary["average"]["accuracy_with_judge"] == 75.0
+    assert summary["average"]["judged"] == 2
+    assert manifest["judge"] == "embedded" and "{question}" in manifest["judge_prompt"]
+    assert manifest["counts"]["judged"] == 2 and manifest["counts"]["judge_equivalent"] == 1
+    assert "accuracy_with_judge" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_judge_is_off_by_default(tmp_path, shared_data):
+    manifest, _ = run_scripted(tmp_path, shared_data, UNDECIDED_ANSWERS)
+    rows = read_rows(tmp_path / "eval")
+    assert all(row["judge_verdict"] is None for row in rows.values())
+    assert [row["grading_decided"] for row in rows.values()] == [True, False, True, False]
+    summary = {s["benchmark"]: s for s in manifest["summary"]}
+    assert summary["gsm8k"]["undecided"] == 1 and "accuracy_with_judge" not in summary["gsm8k"]
+    assert "judge" not in manifest
+    plain = EvaluateConfig(output=tmp_path / "x")
+    judged = EvaluateConfig(output=tmp_path / "x", judge={"engine": "openai", "model": "m", "base_url": "http://h"})
+    assert judged.judge.engine == "openai" and judged.config_hash() != plain.config_hash()
+
+
+def test_a_failed_judge_request_leaves_the_row_pending(tmp_path, shared_data):
+    replies = {**JUDGE_REPLIES, "robe": None}
+    manifest, _ = run_judged(tmp_path, shared_data, replies, max_failed_fraction=0.5)
+    rows = read_rows(tmp_path / "eval")
+    assert "gsm8k-1" not in rows and manifest["dropped"]["failed"] == 1
+    assert rows["math500-1"]["judge_verdict"] == "not_equivalent"
+
+
+@pytest.mark.parametrize(
+    ("output", "verdict"),
+    [
+        ("They are the same number.\nEQUIVALENT", "equivalent"),
+        ("Verdict: **Equivalent**.", "equivalent"),
+        ("\\boxed{\\text{EQUIVALENT}}", "equivalent"),
+        ("EQUIVALENT at first sight, but\nNOT EQUIVALENT", "not_equivalent"),
+        ("Final verdict: not equivalent.", "not_equivalent"),
+        ("Inequivalent", "not_equivalent"),
+        ("NOT_EQUIVALENT", "not_equivalent"),
+        ("EQUIVALENT\nLet me double-check the sign.", "unclear"),  # the last line decides
+        ("Answer with EQUIVALENT or NOT EQUIVALENT", "unclear"),  # the choice echoed is no verdict
+        ("", "unclear"),
+    ],
+)
+def test_parse_judge_verdict(output, verdict):
+    assert parse_judge_verdict(output) == verdict

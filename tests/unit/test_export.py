@@ -20,7 +20,17 @@ from conftest import build_tiny_model_dir
 from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines.base import Completion, Engine
-from scalequest.stages.export import Export, ExportConfig, lineage, write_parquet
+from scalequest.stages.export import (
+    PIPELINE_ORDER,
+    Export,
+    ExportConfig,
+    dataset_license,
+    license_of,
+    lineage,
+    pipeline_yaml,
+    used,
+    write_parquet,
+)
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 from scalequest.stages.generate_responses import GenerateResponses, GenerateResponsesConfig
 from scalequest.scorers.base import Scorer
@@ -159,6 +169,11 @@ def test_card_has_front_matter_funnel_configs_and_samples(exported, pipeline):
         {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
     ]
     assert metadata["size_categories"] == ["n<1K"] and "math" in metadata["tags"]
+    assert metadata["annotations_creators"] == metadata["language_creators"] == ["machine-generated"]
+    assert metadata["task_categories"] == ["question-answering", "text-generation"]
+    # The tiny models and questions.jsonl have no license anyone knows, so the dataset's is `other`.
+    assert metadata["license"] == "other" and metadata["source_datasets"] == ["original"]
+    assert "| model | `" in body and "| generate-responses (engine) | unknown |" in body
     section = body.split("## How it was made")[1].split("\n## ")[0]
     funnel = {
         line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ") and "`" in line
@@ -168,9 +183,14 @@ def test_card_has_front_matter_funnel_configs_and_samples(exported, pipeline):
     assert "| 3 questions | 6 responses | no_final_answer: 3 |" in funnel["generate-responses"]
     assert "| 6 responses | 3 questions | lower_reward: 3 |" in funnel["reward-select"]
     assert "| 3 | 3 |" in funnel["export"]
-    configs = yaml.safe_load(body.split("## Pipeline configuration")[1].split("```yaml\n")[1].split("```")[0])
-    assert [c["stage"] for c in configs] == ["filter-language", "generate-responses", "reward-select", "export"]
-    assert configs[1]["config"]["sampling"]["n"] == 3
+    method = [line for line in section.splitlines() if line[:1].isdigit()]
+    assert [line.split("(`")[1].split("`)")[0] for line in method] == list(funnel)
+    assert "best one per question was kept" in method[2] and "No reward model selected" not in body
+    assert "| filter-language: removed | 1 of 4 (25.0%) | 20.1% |" in body  # the figures, beside the paper's
+    shown = yaml.safe_load(body.split("## Reproducing")[1].split("```yaml\n")[1].split("```")[0])
+    assert shown == yaml.safe_load((output / "pipeline.yaml").read_text())
+    assert list(shown["stages"]) == ["filter-language", "generate-responses", "reward-select", "export"]
+    assert shown["stages"]["generate-responses"]["sampling"]["n"] == 3
     assert "generate-responses (engine)" in body and "reward-select (reward)" in body
     assert body.count("```json") == 3 and '"query": "Tom has 3 apples' in body
     assert [Path(p).name for p in manifest["lineage"]] == ["filter-language", "generate-responses", "reward-select"]
@@ -183,12 +203,107 @@ def test_lineage_follows_relative_inputs_from_another_directory(pipeline, tmp_pa
     assert [m["stage"] for _, m in found] == ["filter-language", "generate-responses", "reward-select"]
 
 
-def test_explicit_stage_list(pipeline, tmp_path):
-    manifest = run_row_stage(
-        Export, export_config(pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0)
+def test_explicit_stage_list_and_license(pipeline, tmp_path):
+    config = export_config(
+        pipeline, tmp_path / "export", stage_folders=[pipeline / "reward-select"], card_samples=0, license="cc-by-4.0"
     )
+    manifest = run_row_stage(Export, config)
     assert manifest["lineage"] == [str(pipeline / "reward-select")]
-    assert "None." in (tmp_path / "export" / "README.md").read_text()
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "## Sample rows\n\nNone." in card
+    assert yaml.safe_load(card.split("---\n")[1])["license"] == "cc-by-4.0" and "as chosen by whoever ran" in card
+    stages = yaml.safe_load((tmp_path / "export" / "pipeline.yaml").read_text())["stages"]
+    assert list(stages) == ["reward-select", "export"]
+    assert stages["export"]["input"] == "${stages.reward-select.output}"
+
+
+def test_card_describes_only_the_stages_that_ran(pipeline, tmp_path):
+    # No reward-select: the card must not say a reward model chose the answers.
+    config = ExportConfig(input=pipeline / "generate-responses", output=tmp_path / "export", progress=False)
+    run_row_stage(Export, config)
+    card = (tmp_path / "export" / "README.md").read_text()
+    section = card.split("## How it was made")[1].split("\n## ")[0]
+    method = [line for line in section.splitlines() if line[:1].isdigit()]
+    assert [line.split("(`")[1].split("`)")[0] for line in method] == [
+        "filter-language",
+        "generate-responses",
+        "export",
+    ]
+    assert "reward-select" not in card and "Reward selection" not in card and "best one per question" not in card
+    assert "No reward model selected among the responses: a question can appear with up to 3 responses" in section
+
+
+def test_pipeline_yaml_beside_the_data_reruns_the_same_stages(exported, pipeline, monkeypatch, capsys):
+    from scalequest.cli import main
+    from scalequest.pipeline import plan_pipeline
+
+    output, _ = exported
+    path = output / "pipeline.yaml"
+    saved = yaml.safe_load(path.read_text())
+    assert saved["output_dir"] == "pipe"  # the folder the pipeline wrote its stages to (relative, as it ran)
+    assert saved["stages"]["reward-select"]["input"] == "${stages.generate-responses.output}"
+    assert "output" not in saved["stages"]["reward-select"] and saved["stages"]["export"]["output"] == str(output)
+    monkeypatch.chdir(pipeline.parent)  # the directory the stages ran from
+    assert main(["run", "--plan", "-c", str(path)]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("(finished)") == 4 and "4. export" in plan
+    _, planned = plan_pipeline(path)
+    assert [name for name, _, _ in planned] == ["filter-language", "generate-responses", "reward-select", "export"]
+    for name, config, _ in planned[:-1]:  # exactly the configs that ran: a rerun skips them
+        assert config.config_hash() == io.read_manifest(pipeline / name)["config_hash"]
+        assert config.output == Path("pipe") / name
+    assert planned[-1][1].input.path.resolve() == (pipeline / "reward-select").resolve()
+
+
+def test_pipeline_yaml_round_trips_every_stage_of_the_paper_recipe(tmp_path):
+    # Every command (both generators' tagged chains, merge, sft, evaluate): configs as the stages save them,
+    # written back as a pipeline YAML, load to the same configs in the same folders.
+    from scalequest.pipeline import STAGES, plan_pipeline
+
+    assert tuple(STAGES) == PIPELINE_ORDER
+    _, planned = plan_pipeline(Path(__file__).resolve().parents[2] / "configs" / "paper" / "scalequest-math.yaml")
+    steps = [(type(config).stage, config.output, config.model_dump(mode="json")) for _, config, _ in planned]
+    shuffled = sorted(steps, key=lambda step: -PIPELINE_ORDER.index(step[0]))  # a command's own steps keep order
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline_yaml(shuffled), sort_keys=False))
+    _, again = plan_pipeline(tmp_path / "pipeline.yaml")
+    assert [name for name, _, _ in again] == [name for name, _, _ in planned]
+    for (_, before, _), (_, after, _) in zip(planned, again):
+        assert after.config_hash() == before.config_hash() and after.output == before.output
+    saved = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["stages"]
+    assert saved["merge"]["inputs"] == [
+        "${stages.generate-questions.output}",
+        "${stages.generate-questions@deepseek.output}",
+    ]
+
+
+def test_licenses_of_the_models_and_data_used(tmp_path):
+    def stage(name: str, config: dict) -> tuple[Path, dict]:
+        models = {"model": {"model": config["model"], "revision": None, "commit": None}} if "model" in config else {}
+        if "engine" in config:
+            models["engine.model"] = {"model": config["engine"]["model"], "revision": None, "commit": None}
+        return tmp_path / name, {"stage": name, "config": config, "models": models}
+
+    demo = [
+        stage("qft", {"model": "embedded", "sources": [{"bundled": "gsm8k_train"}]}),
+        stage(
+            "difficulty-label", {"input": {"hub": "openai/gsm8k", "config": "main"}, "engine": {"model": "embedded"}}
+        ),
+    ]
+    uses = used(demo)
+    assert [(u["kind"], u["name"], u["license"]) for u in uses] == [
+        ("model", "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+        ("dataset", "openai/gsm8k", "mit"),
+    ]
+    assert uses[0]["used_by"] == ["qft (trained from)", "difficulty-label (engine)"]
+    assert dataset_license(uses) == "apache-2.0"  # Apache-2.0 models on MIT data
+    assert dataset_license(used(demo[1:2])[1:]) == "mit"
+    paper = demo + [stage("generate-questions", {"engine": {"model": "deepseek-ai/deepseek-math-7b-rl"}})]
+    assert used(paper)[-1]["license"] == "other" and dataset_license(used(paper)) == "other"  # the DeepSeek License
+    local = tmp_path / "my-model"
+    local.mkdir()
+    (local / "README.md").write_text("---\nlicense: mit\n---\n# a downloaded model\n")
+    assert license_of(str(local), "model") == ("mit", None)
+    assert license_of("someone/not-in-the-cache", "model") == ("unknown", None)  # offline: never asks the Hub
 
 
 def test_unfinished_earlier_stage_is_named_before_any_output(pipeline, tmp_path):
@@ -224,14 +339,31 @@ def test_push_to_hub_uploads_card_and_parquet(exported, pipeline, monkeypatch):
             calls.append(("upload_folder", kwargs))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # huggingface_hub finds a token; the fake API never sends it
     output, _ = exported
     config = export_config(pipeline, output, push_to_hub="me/data", private=True)
     # push_to_hub is a runtime field: the finished export is not redone, only uploaded.
     assert config.config_hash() == export_config(pipeline, output).config_hash()
     before = (output / "manifest.json").stat().st_mtime_ns
+    from scalequest.report import REPORT_DIR, write_report
+    from scalequest.stages.export import REPORT_DIR as PUSHED_REPORT_DIR
+
+    assert REPORT_DIR == PUSHED_REPORT_DIR
+    write_report(pipeline, output / REPORT_DIR)  # the run's figures, pushed beside the data
     run_row_stage(Export, config)
     assert (output / "manifest.json").stat().st_mtime_ns == before
     assert calls[0] == ("create_repo", "me/data", {"repo_type": "dataset", "private": True, "exist_ok": True})
     upload = calls[1][1]
     assert upload["repo_id"] == "me/data" and upload["repo_type"] == "dataset" and Path(upload["folder_path"]) == output
-    assert upload["allow_patterns"] == ["README.md", "data/*.parquet"]
+    assert upload["allow_patterns"] == ["README.md", "pipeline.yaml", "data/*.parquet", "report/*.png"]
+
+
+def test_push_to_hub_without_a_token_fails_before_any_output(pipeline, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from scalequest.config import ConfigError
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no HF_TOKEN and no stored login
+    with pytest.raises(ConfigError, match="set HF_TOKEN"):
+        run_row_stage(Export, export_config(pipeline, tmp_path / "export", push_to_hub="me/data"))
+    assert not (tmp_path / "export").exists()

@@ -145,6 +145,105 @@ def test_non_equivalent_pairs(predicted: str, gold: str) -> None:
     assert not answers_match(predicted, gold)
 
 
+# ----------------------------------------------------------------------------------------------
+# Beyond Math-Verify: exact values, ±, radicals, powers, choice letters
+# ----------------------------------------------------------------------------------------------
+
+# Pairs marked "was wrong" were graded wrongly by the checker before the exact comparison, the ± expansion,
+# the radical rule and the choice letters (measured); the others were right then and must stay right.
+BEYOND_EQUIVALENT = [
+    ("\\frac{1}{2004!}", "\\frac{1}{2004!}"),
+    ("\\frac{1}{2004!}", "\\frac{1}{2004 \\cdot 2003!}"),
+    ("\\pm 2", "2, -2"),
+    ("\\pm 2", "-2, 2"),
+    ("2, -2", "\\pm 2"),
+    ("-2, 2", "\\pm 2"),
+    ("x = \\pm 2", "2, -2"),
+    ("±2", "-2, 2"),
+    ("\\mp 2", "2, -2"),
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt{2}, 1-\\sqrt{2}"),
+    ("\\frac{1 \\pm \\sqrt{5}}{2}", "\\frac{1+\\sqrt{5}}{2}, \\frac{1-\\sqrt{5}}{2}"),  # was wrong
+    ("(\\pm 1, 2)", "(1, 2), (-1, 2)"),  # was wrong
+    ("\\sqrt{\\frac{1}{n}}", "\\frac{1}{\\sqrt{n}}"),  # was wrong
+    ("\\frac{1}{\\sqrt{n}}", "\\sqrt{\\frac{1}{n}}"),  # was wrong
+    ("\\sqrt{\\frac{1}{2n}}", "\\frac{1}{\\sqrt{2n}}"),  # was wrong
+    ("\\sqrt{\\frac{a}{b}}", "\\frac{\\sqrt{a}}{\\sqrt{b}}"),  # was wrong
+    ("\\sqrt[3]{\\frac{1}{n}}", "\\frac{1}{\\sqrt[3]{n}}"),  # was wrong
+    ("\\sqrt{\\frac{1}{3}}", "\\frac{1}{\\sqrt{3}}"),
+    ("\\frac{1}{\\sqrt{3}}", "\\sqrt{\\frac{1}{3}}"),
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"),
+    ("2^{10}", "1024"),
+    ("1024", "2^{10}"),
+    ("x^{2}", "x^2"),
+    ("x^2", "x^{2}"),
+    ("(2^3)^2", "64"),
+    ("2^{n+1}", "2 \\cdot 2^n"),
+    ("B", "B"),
+    ("(B)", "B"),
+    ("\\text{(B)}", "B"),
+    ("B)", "B"),  # was wrong
+    ("(B) 12", "B"),  # the letter with its option's text; was wrong
+    ("B", "(B)"),
+    ("b", "B"),
+]
+
+BEYOND_NOT_EQUIVALENT = [
+    ("\\frac{1}{2004!}", "\\frac{1}{2006!}"),  # was wrong: both are 0 in floating point
+    ("\\frac{1}{2006!}", "\\frac{1}{2004!}"),  # was wrong
+    ("2^{-2000}", "2^{-2001}"),  # was wrong
+    ("10^{-20}", "10^{-21}"),  # was wrong
+    ("e^{-100}", "e^{-101}"),  # was wrong
+    ("\\frac{1}{10^{12}}", "\\frac{1}{10^{12}+1}"),  # was wrong
+    ("\\frac{1}{1000000000000}", "\\frac{1}{1000000000001}"),  # was wrong: exact fractions, no tolerance
+    ("\\{\\frac{1}{2004!}, 1\\}", "\\{\\frac{1}{2006!}, 1\\}"),  # was wrong
+    ("(\\frac{1}{2004!}, 1)", "(\\frac{1}{2006!}, 1)"),  # was wrong
+    ("\\pi", "\\frac{355}{113}"),
+    ("2004!", "2006!"),
+    ("10^{20}", "10^{20}+1"),
+    ("\\pm 2", "2"),
+    ("2", "\\pm 2"),
+    ("\\pm 2", "-2"),
+    ("\\pm 2", "2, -2, 0"),
+    ("\\pm 3", "2, -2"),
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt{2}"),
+    ("\\sqrt{\\frac{1}{n}}", "\\frac{1}{\\sqrt{n+1}}"),
+    ("\\sqrt{\\frac{1}{3}}", "\\frac{1}{\\sqrt{2}}"),
+    ("\\sqrt{x^2}", "x"),
+    ("2^{10}", "1025"),
+    ("2^{10}", "10^2"),
+    ("x^{2}", "x^{3}"),
+    ("(A)", "B"),
+    ("A", "B"),
+    ("\\text{(A)}", "B"),
+    ("A)", "B"),
+    ("(A) 12", "B"),
+]
+
+
+@pytest.mark.parametrize(("predicted", "gold"), BEYOND_EQUIVALENT)
+def test_beyond_math_verify_equivalent(predicted: str, gold: str) -> None:
+    assert grade(predicted, gold) == GradeResult(correct=True, timed_out=False, decided=True)
+
+
+@pytest.mark.parametrize(("predicted", "gold"), BEYOND_NOT_EQUIVALENT)
+def test_beyond_math_verify_not_equivalent(predicted: str, gold: str) -> None:
+    assert grade(predicted, gold) == GradeResult(correct=False, timed_out=False, decided=True)
+
+
+def test_rules_report_what_they_cannot_decide() -> None:
+    pairs = [
+        ("12", "B"),  # a value against a choice letter: the options are only in the question
+        ("0.\\overline{3}", "\\frac{1}{3}"),  # no parser reads a repeating decimal
+        ("\\frac{1}{", "5"),  # a cut-off answer
+        ("2", "3"),  # decided: both understood and different
+        ("A", "B"),
+        (None, "3"),  # no answer is decided: wrong, nothing to judge
+    ]
+    results = grade_many(pairs, workers=2)
+    assert [result.decided for result in results] == [False, False, False, True, True, True]
+    assert not any(result.correct or result.timed_out for result in results)
+
+
 def test_none_prediction_is_wrong() -> None:
     assert answers_match(None, "5") is False
     assert grade(None, "5") == GradeResult(correct=False, timed_out=False)
@@ -169,7 +268,7 @@ def _timed_slow_grade() -> tuple[GradeResult, float]:
 
 
 def _assert_timed_out(result: GradeResult, elapsed: float) -> None:
-    assert result == GradeResult(correct=False, timed_out=True)
+    assert result == GradeResult(correct=False, timed_out=True, decided=False)
     assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
 
 
@@ -206,6 +305,7 @@ def test_grade_many_counts_timeouts_and_keeps_order() -> None:
     results = grade_many(pairs, workers=2, timeout=TIMEOUT)
     assert [result.correct for result in results] == [False, True, False, False, True]
     assert [result.timed_out for result in results] == [True, False, False, False, False]
+    assert [result.decided for result in results] == [False, True, True, True, True]
     assert time.monotonic() - start < 30
 
 

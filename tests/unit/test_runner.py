@@ -158,7 +158,7 @@ def test_filter_manifest_fields_and_manifest_written_last(tmp_path, monkeypatch)
     assert written[-1] == io.MANIFEST and written.count(io.MANIFEST) == 1
     for index in range(3):
         assert written.index(f"{io.STATS_DIR}/{index:05d}.json") < written.index(f"shard-{index:05d}.jsonl")
-    times = mtimes(out)
+    times = {name: time for name, time in mtimes(out).items() if name != "log.txt"}  # its last line follows
     assert times[io.MANIFEST] == max(times.values())
     assert not temp_files(out)
 
@@ -646,3 +646,122 @@ def test_model_fingerprints(tiny_model_dir, tmp_path):
         model_fingerprint(str(model))  # a training stage still running (or killed)
     assert model_fingerprint("embedded") == "embedded"
     assert model_fingerprint("someone/some-model", "v1") == "someone/some-model@v1"  # offline, not cached
+
+
+# --- the progress view and OUTPUT/log.txt ---------------------------------------------------------------------
+
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) scalequest[\w.]*: ")
+
+
+@pytest.fixture
+def screen(monkeypatch):
+    """The console the progress view draws on, recorded (not a terminal: the final state is printed once)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from scalequest import progress
+
+    console = Console(file=StringIO(), record=True, width=200)
+    monkeypatch.setattr(progress, "CONSOLE", console)
+    return console
+
+
+def test_the_view_line_of_a_fake_stage(monkeypatch):
+    from scalequest import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    with progress.pipeline_step(2, 5, "filter-language@b"):
+        view = progress.StageView("filter-language", total=10, done=2, removed=1, enabled=False)
+    with view:
+        assert progress.inner_bars_hidden()  # the engines' own bars are off while a stage runs
+        clock[0] += 2.0
+        view.shard_done({"index": 1, "rows_in": 4, "rows_out": 1, "dropped": {"duplicate": 3}, "tokens_out": 100})
+        assert view.text() == "[2/5] filter-language@b 6/10 rows · 2.0 rows/s · 50 tok/s · ETA 0:00:02 · removed 4"
+    assert not progress.inner_bars_hidden()
+    assert progress.StageView("sft", None, unit="steps").text() == "sft 0 steps · 0.0 steps/s · ETA ?"
+
+
+def test_the_view_shows_step_rows_rates_eta_and_rows_removed(tmp_path, screen):
+    from scalequest import progress
+
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    with progress.pipeline_step(2, 5, "filter-language"):
+        manifest = runner.run_stage(
+            FilterLanguage(FilterLanguageConfig(input=source, output=tmp_path / "out", shard_size=3))
+        )
+    lines = screen.export_text().splitlines()
+    assert len(lines) == 1, lines  # one line for the stage, no other bar
+    assert lines[0].startswith("[2/5] filter-language ━")
+    assert "11/11 rows · " in lines[0] and " rows/s · " in lines[0] and " tok/s · ETA 0:00:00 · " in lines[0]
+    assert lines[0].endswith(f"removed {sum(manifest['dropped'].values())}") and manifest["dropped"]
+
+
+def test_progress_false_shows_nothing_and_hides_the_inner_bars(tmp_path, screen, capfd):
+    from scalequest import progress
+
+    hidden = []
+
+    class Watching(FilterLanguage):
+        def process(self, shard):
+            hidden.append(progress.inner_bars_hidden())
+            return super().process(shard)
+
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    manifest = runner.run_stage(Watching(filter_config(source, tmp_path / "out", shard_size=3)))
+    assert manifest["rows_out"] == 3 and hidden == [True] * 4
+    assert screen.export_text() == ""
+    captured = capfd.readouterr()
+    assert "rows/s" not in captured.out + captured.err and "%|" not in captured.err
+
+
+def log_lines(out: Path) -> list[str]:
+    lines = (out / "log.txt").read_text().splitlines()
+    assert lines and all(TIMESTAMPED.match(line) for line in lines), lines
+    return [TIMESTAMPED.sub("", line) for line in lines]
+
+
+def test_each_stage_logs_to_log_txt_and_a_resume_adds_to_it(finished, reference, tiny_model_dir):
+    first = log_lines(finished)  # the reference run's log, with its progress off
+    assert first[0] == f"generate-questions: started on 12 input rows -> {reference[0]}"
+    assert [line.split(":")[1] for line in first[1:5]] == [" shard 0", " shard 1", " shard 2", " shard 3"]
+    assert first[-1].startswith("generate-questions: finished: 12 rows in -> 12 out, 0 removed, ")
+    (finished / "shard-00001.jsonl").unlink()
+    (finished / io.MANIFEST).unlink()
+    runner.run_stage(GenerateQuestions(gen_config(finished, tiny_model_dir)))
+    assert io.load_rows(finished) == reference[2]  # log.txt is no data
+    again = log_lines(finished)
+    assert again[: len(first)] == first  # appended to
+    assert again[len(first)] == (
+        f"generate-questions: resuming in {finished}: 9 of 12 input rows done in 3 finished shards, skipping those"
+    )
+    assert again[len(first) + 1].startswith("generate-questions: shard 1: 3 rows in -> 3 out, ")
+    assert again[-1].startswith("generate-questions: finished: 12 rows in -> 12 out")
+
+
+def test_log_txt_is_no_foreign_file_nor_started_work_and_force_keeps_it(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.txt").write_text("")  # e.g. a run that wrote its log, then everything else was deleted
+    runner.run_stage(FilterLanguage(filter_config(source, out)))
+    for path in out.iterdir():
+        if path.name not in (io.CONFIG, "log.txt"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # A started run (config.yaml and log.txt only) with another config is no work to protect: no --force needed.
+    runner.run_stage(FilterLanguage(filter_config(source, out, ascii_only=False)))
+    runner.run_stage(FilterLanguage(filter_config(source, out)), force=True)
+    started = [line for line in log_lines(out) if ": started on " in line]
+    assert len(started) == 3 and io.load_rows(out)[0] == FILTER_ROWS[0]
+
+
+def test_a_failure_is_noted_in_log_txt(tmp_path):
+    class Failing(FilterLanguage):
+        def process(self, shard):
+            raise RuntimeError("the disk is on fire")
+
+    source = write_jsonl(tmp_path / "in.jsonl", FILTER_ROWS)
+    with pytest.raises(RuntimeError):
+        runner.run_stage(Failing(filter_config(source, tmp_path / "out")))
+    assert log_lines(tmp_path / "out")[-1] == "filter-language: failed: RuntimeError: the disk is on fire"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from scalequest import progress
 from scalequest.config import EngineConfig
 from scalequest.engines.base import (
     Completion,
@@ -100,7 +101,13 @@ class HFEngine(Engine):
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         limits = self._new_token_limits(batches, [len(ids) for ids in encoded], params.max_new_tokens)
         for batch_index, (batch, max_new_tokens) in enumerate(
-            tqdm(list(zip(batches, limits)), desc="generate", unit="batch", leave=False, disable=len(batches) < 2)
+            tqdm(
+                list(zip(batches, limits)),
+                desc="generate",
+                unit="batch",
+                leave=False,
+                disable=len(batches) < 2 or progress.inner_bars_hidden(),  # a stage's view counts the rows
+            )
         ):
             if params.seed is not None:
                 torch.manual_seed(params.seed + batch_index)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
+from scalequest import progress
 from scalequest.config import EngineConfig
 from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, truncate_at_stop
 
@@ -52,7 +53,12 @@ class OpenAIEngine(Engine):
             requests = pool.map(lambda prompt: self._request(prompt, params), prompts)
             answers = list(
                 tqdm(
-                    requests, total=len(prompts), desc="generate", unit="prompt", leave=False, disable=len(prompts) < 16
+                    requests,
+                    total=len(prompts),
+                    desc="generate",
+                    unit="prompt",
+                    leave=False,
+                    disable=len(prompts) < 16 or progress.inner_bars_hidden(),  # a stage's view counts the rows
                 )
             )
         results: list[list[Completion]] = []

@@ -10,6 +10,7 @@ import gc
 import os
 from dataclasses import replace
 
+from scalequest import progress
 from scalequest.config import EngineConfig
 from scalequest.engines.base import Completion, Engine, Prompt, SamplingParams, render_prompt
 from scalequest.engines.hf import encode
@@ -95,7 +96,7 @@ class VLLMEngine(Engine):
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in encoded],
             [self.sampling_params(params, i) for i in range(len(prompts))],
-            use_tqdm=len(prompts) > 1,
+            use_tqdm=len(prompts) > 1 and not progress.inner_bars_hidden(),  # a stage's view counts the rows
         )
         results: list[list[Completion]] = []
         # llm.generate returns outputs in prompt order.

@@ -11,7 +11,7 @@ at most `SHARDS_PER_WORKER` shards per actor, however large the input; the input
 
 Each actor calls `stage.setup()` once (again after Ray restarts it, on another node if its own is gone:
 `max_restarts=-1`), then processes whole shards with `run_shard` and writes them itself (the output folder
-must be on a filesystem every node sees); only the small per-shard stats travel back to the progress bar. An
+must be on a filesystem every node sees); only the small per-shard stats travel back to the driver's progress view. An
 actor gets shards only once it has answered a ping, so one that cannot be placed, or is being restarted,
 holds none back. When an actor dies, the shard it was running (the oldest of those it held: an actor runs its
 tasks in order) is charged one retry and the others go back uncharged; a shard charged more than
@@ -24,8 +24,8 @@ Why not Ray Data over the pending shard indices: every actor would have to rebui
 stages make their shards in many ways (generated seeds, Hub datasets, folders of files, regrouped rows), so in
 general only the driver's pending iterator knows a shard's rows; a plan of byte offsets would serve JSONL
 inputs only, skipping to shard i on every read is quadratic, and a dataset of whole shards built up front
-holds the whole input. (The design before this one fed shards through a Ray queue drained by one long-lived
-Ray Data read task; the shards that task had taken were lost with it, and the driver could wait forever.)
+holds the whole input. Nor a queue drained by one long-lived read task: the shards that task had taken would
+be lost with it.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from itertools import chain
 from pathlib import Path
 
 import ray
-from tqdm.auto import tqdm
 
+from scalequest import progress
 from scalequest.config import ConfigError
 from scalequest.stage import RowStage, Shard, run_shard
 
@@ -128,6 +128,7 @@ class ShardWorker:
 
     def __init__(self, stage: RowStage, out: str):
         self.stage, self.out = stage, Path(out)
+        progress.hide_inner_bars()  # the driver's view counts this worker's shards
         stage.setup()
 
     def ping(self) -> bool:
@@ -351,7 +352,10 @@ def stop_workers(pool: Pool, groups: list, clean: bool) -> None:
         ray.util.remove_placement_group(group)
 
 
-def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int, done_rows: int = 0) -> None:
+def run_ray(
+    stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int, done_rows: int = 0, done_removed: int = 0
+) -> None:
+    """`done_rows` and `done_removed`: what earlier runs finished (a resume), where the progress view starts."""
     config = stage.config
     shards = iter(shards)
     first = next(shards, None)
@@ -362,35 +366,26 @@ def run_ray(stage: RowStage, shards: Iterable[Shard], out: Path, total_rows: int
     pool = Pool(stage, chain([first], shards), actors)
     for worker in actors:
         pool.ping(worker)
-    bar = tqdm(
-        total=total_rows,
-        initial=done_rows,
-        desc=config.stage,
-        unit="row",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
-    tokens, clean, alive_at, warned = 0, False, time.monotonic(), False
+    view = progress.StageView(config.stage, total_rows, done_rows, done_removed, enabled=config.progress)
+    clean, alive_at, warned = False, time.monotonic(), False
     try:
-        while not pool.done():
-            pool.submit()
-            for stats in pool.wait():
-                tokens += stats["tokens_out"]
-                bar.update(stats["rows_in"])
-                bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.1f}", refresh=False)
-            if any(worker.ready for worker in actors):
-                alive_at = time.monotonic()
-            elif not warned and time.monotonic() - alive_at > STALL_WARNING_S:
-                log.warning(
-                    "%s: no Ray worker ready for %.0f s (all starting or restarting: is there a node with room for "
-                    "one?); waiting",
-                    config.stage,
-                    STALL_WARNING_S,
-                )
-                warned = True
+        with view:
+            while not pool.done():
+                pool.submit()
+                for stats in pool.wait():
+                    view.shard_done(stats)
+                if any(worker.ready for worker in actors):
+                    alive_at = time.monotonic()
+                elif not warned and time.monotonic() - alive_at > STALL_WARNING_S:
+                    log.warning(
+                        "%s: no Ray worker ready for %.0f s (all starting or restarting: is there a node with room for "
+                        "one?); waiting",
+                        config.stage,
+                        STALL_WARNING_S,
+                    )
+                    warned = True
         clean = True
     finally:
-        bar.close()
         stop_workers(pool, groups, clean)
     if isinstance(pool.error, ray.exceptions.RayError):
         raise RuntimeError(

@@ -193,12 +193,20 @@ def train_regressor(config: DifficultyTrainConfig, force: bool = False) -> dict:
                 labels.pop(),
             )
 
-    manifest = run_training(config, lambda: build_regression_trainer(config), force=force, check=check)
-    if manifest and "held_out" not in manifest:
-        # run_training writes its own manifest; the held-out metrics are in its log history, lifted
-        # to the top here (again on a rerun, should a kill have come between the two writes).
-        scores = next((e for e in reversed(manifest["log_history"]) if "eval_mse" in e), {})
-        rows = held_out_count(sum(1 for _ in io.read_rows(config.input)), config.eval_fraction)
-        manifest["held_out"] = {"rows": rows, "mse": scores.get("eval_mse"), "spearman": scores.get("eval_spearman")}
-        io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
-    return manifest
+    def add_held_out(manifest: dict) -> dict:
+        if "held_out" not in manifest:
+            # run_training writes its own manifest; the held-out metrics are in its log history, lifted
+            # to the top here (again on a rerun, should a kill have come between the two writes).
+            scores = next((e for e in reversed(manifest["log_history"]) if "eval_mse" in e), {})
+            rows = held_out_count(sum(1 for _ in io.read_rows(config.input)), config.eval_fraction)
+            manifest["held_out"] = {
+                "rows": rows,
+                "mse": scores.get("eval_mse"),
+                "spearman": scores.get("eval_spearman"),
+            }
+            io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
+        return manifest
+
+    return run_training(
+        config, lambda: build_regression_trainer(config), force=force, check=check, complete=add_held_out
+    )

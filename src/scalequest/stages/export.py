@@ -1,9 +1,11 @@
 """Export: the final dataset as a Hugging Face dataset folder (Parquet + JSONL) with a dataset card.
 
     OUTPUT/
-      README.md                        dataset card: YAML front matter (data files, tags), then the funnel,
-                                       tokens and wall time per stage, the models, every stage's resolved
-                                       config and sample rows
+      README.md                        dataset card (huggingface_hub DatasetCard, template cards/dataset_card.md):
+                                       the Hub's YAML metadata (license, source datasets, creators, tasks, size,
+                                       data files), the stages that ran, the funnel and figures, the models and
+                                       data used with their licenses, the pipeline and sample rows
+      pipeline.yaml                    the pipeline that made it: `scalequest run -c OUTPUT/pipeline.yaml`
       data/train-00000-of-0000N.parquet
       shard-00000.jsonl ...            the same rows as JSONL (also this stage's resumable shards)
       config.yaml, manifest.json, .stats/
@@ -25,10 +27,13 @@ lists the folders instead.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,8 @@ from pydantic import Field
 
 from scalequest import io
 from scalequest.config import RowStageConfig
+from scalequest.hub import license_of, push_folder, require_token
+from scalequest.models import EMBEDDED, EMBEDDED_HUB_ID
 from scalequest.runner import finished_stats
 from scalequest.stage import RowStage, Shard, ShardResult
 
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = "data"
 CARD = "README.md"
+CARD_TEMPLATE = "cards/dataset_card.md"  # package data: a Jinja template for huggingface_hub.DatasetCard
+PIPELINE_FILE = "pipeline.yaml"
+REPORT_DIR = "report"  # `scalequest report`'s figures, pushed with the data (scalequest.report, above this module)
 
 COLUMN_MEANINGS = {
     "id": "row id (the question's id)",
@@ -77,13 +87,22 @@ class ExportConfig(RowStageConfig):
         "manifest's input back from `input`.",
     )
     name: str = Field("ScaleQuest synthetic math dataset", description="Dataset title on the card.")
+    license: str | None = Field(
+        None,
+        description="The dataset's license on the card (a Hub license id, e.g. apache-2.0); default: from the "
+        "licenses of the models and data used (theirs when they share one, apache-2.0 when all are permissive, "
+        "else other).",
+    )
     card_samples: int = Field(3, ge=0, description="Rows shown on the card.")
     push_to_hub: str | None = Field(
         None,
-        description="Also upload the card and Parquet files to this Hub dataset repo (user/name); needs a login or "
-        "HF_TOKEN.",
+        description="Also upload the card, pipeline.yaml, the Parquet files and the run's report figures to this Hub "
+        "dataset repo (user/name), also when the export had already finished; the token comes from the environment "
+        "(HF_TOKEN), never from the config.",
     )
-    private: bool = Field(False, description="Create the Hub repo as private (with push_to_hub).")
+    private: bool = Field(
+        False, description="Create the Hub repo as private (with push_to_hub); an existing repo keeps its visibility."
+    )
     shard_size: int = Field(50000, ge=1, description="Rows per JSONL shard and Parquet file.")
 
 
@@ -156,8 +175,130 @@ def lineage(start: Path | None) -> list[tuple[Path, dict]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The dataset card
+# The pipeline that made the dataset, as a YAML `scalequest run -c` reads
 # ----------------------------------------------------------------------------------------------
+
+# The commands in pipeline order: the order of `pipeline.STAGES`, which imports this module and so cannot be read
+# from here (test_export checks that the two agree). A pipeline YAML lists its steps in this order.
+PIPELINE_ORDER = (
+    "qft",
+    "qpo-data",
+    "qpo",
+    "generate-questions",
+    "merge",
+    "filter-language",
+    "filter-solvability",
+    "difficulty-label",
+    "difficulty-train",
+    "filter-difficulty",
+    "generate-responses",
+    "reward-train",
+    "reward-select",
+    "decontaminate",
+    "export",
+    "sft",
+    "evaluate",
+)
+
+
+def saved_config(folder: Path, manifest: dict) -> dict:
+    """A stage's resolved config as it saved it in config.yaml (its manifest's copy when that file is gone)."""
+    path = folder / io.CONFIG
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return copy.deepcopy(saved.get("config") or manifest.get("config") or {})
+
+
+def step_names(steps: list[tuple[str, Path]]) -> list[str]:
+    """A pipeline step name for each (command, folder): the folder's name where it is one for that command (a
+    pipeline names each folder after its step, `generate-questions@deepseek` included), else the command,
+    tagged `@2`, `@3`, ... when a command comes again."""
+    names: list[str] = []
+    for command, folder in steps:
+        name = folder.name if folder.name.split("@", 1)[0] == command else command
+        number = 2
+        while name in names:
+            name, number = f"{command}@{number}", number + 1
+        names.append(name)
+    return names
+
+
+def pipeline_yaml(steps: list[tuple[str, Path, dict]]) -> dict:
+    """The pipeline YAML ({output_dir, stages}) that reruns `steps`, each (command, folder, resolved config).
+
+    Every field is written as the stage resolved it, so `scalequest run -c` builds the same configs. Where a
+    value names another step's output it becomes `${stages.NAME.output}` and a step's `output` is left out
+    when it is OUTPUT_DIR/NAME, so changing `output_dir` reruns the whole chain into a new folder. Relative
+    paths are relative to the directory the stages ran from, as in any pipeline YAML."""
+    order = {command: index for index, command in enumerate(PIPELINE_ORDER)}
+    steps = sorted(steps, key=lambda step: order.get(step[0], len(order)))  # stable: a command's steps keep order
+    names = step_names([(command, folder) for command, folder, _ in steps])
+    outputs = [str(config.get("output") or folder) for (_, folder, config) in steps]
+    parents = Counter(str(Path(output).parent) for output in outputs)
+    output_dir = parents.most_common(1)[0][0] if parents else "."
+    by_text = {output: name for output, name in zip(outputs, names)}
+    by_folder = {folder.resolve(): name for (_, folder, _), name in zip(steps, names)}
+
+    def reference(value: Any, named_by: Path) -> Any:
+        if isinstance(value, dict):
+            return {key: reference(item, named_by) for key, item in value.items()}
+        if isinstance(value, list):
+            return [reference(item, named_by) for item in value]
+        if not isinstance(value, str):
+            return value
+        name = by_text.get(value)
+        if name is None:
+            found = stage_folder(value, named_by)
+            name = by_folder.get(found.resolve()) if found is not None else None
+        return f"${{stages.{name}.output}}" if name is not None else value
+
+    stages: dict[str, dict] = {}
+    for (_, folder, config), name, output in zip(steps, names, outputs):
+        values = {key: reference(value, folder) for key, value in config.items() if key != "output"}
+        if Path(output) != Path(output_dir) / name:
+            values = {"output": output, **values}
+        stages[name] = values
+    return {"output_dir": output_dir, "stages": stages}
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset card: huggingface_hub's DatasetCard from the template in scalequest/cards/
+# ----------------------------------------------------------------------------------------------
+
+# The data bundled with scalequest (src/scalequest/data/README.md): its Hub origin.
+BUNDLED_ORIGIN = {"gsm8k_train": "openai/gsm8k", "gsm8k_test": "openai/gsm8k", "math500_test": "HuggingFaceH4/MATH-500"}
+# Licenses that put no condition on a derived dataset an Apache-2.0 license does not also keep.
+PERMISSIVE = {"apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "unlicense"}
+DATA_FIELDS = ("input", "inputs", "sources", "more_sources")
+
+METHOD = {
+    "qft": "**Question fine-tuning** (`qft`): {model} was fine-tuned on questions alone ({sources}), so that it "
+    "writes a question when given only the opening of a user turn.",
+    "qpo-data": "**QPO preference data** (`qpo-data`): {optimizer} rewrote questions sampled from the generator "
+    "toward solvability or difficulty; each rewrite is preferred to its original.",
+    "qpo": "**Question preference optimization** (`qpo`): DPO of {model} on those pairs, toward the rewrites.",
+    "generate-questions": "**Question generation** (`generate-questions`): {engine} sampled {num} questions from "
+    "nothing but its chat template's opening of a user turn (the pre-query prefix).",
+    "merge": "**Merge** (`merge`): the questions of several generators, combined.",
+    "filter-language": "**Language filter** (`filter-language`): empty and non-ASCII questions and duplicates removed.",
+    "filter-solvability": "**Solvability filter** (`filter-solvability`): {engine} judged each question; only "
+    "those it judged solvable{undecided} were kept.",
+    "difficulty-label": "**Difficulty labels** (`difficulty-label`): {engine} solved questions with known answers "
+    "({input}); its fail rate is their difficulty.",
+    "difficulty-train": "**Difficulty scorer** (`difficulty-train`): {model} trained to predict that fail rate.",
+    "filter-difficulty": "**Difficulty filter** (`filter-difficulty`): the scorer rated every question and the "
+    "easiest were removed.",
+    "generate-responses": "**Responses** (`generate-responses`): {engine} answered each question with step-by-step "
+    "reasoning ({n} samples per question); responses without a final answer were dropped.",
+    "reward-train": "**Reward model** (`reward-train`): {model} trained to score the solver's correct samples above "
+    "its incorrect ones.",
+    "reward-select": "**Reward selection** (`reward-select`): {reward} scored every response and the best one per "
+    "question was kept.",
+    "decontaminate": "**Decontamination** (`decontaminate`): questions sharing a {ngram}-gram with the test "
+    "questions of {benchmarks} were removed.",
+    "export": "**Export** (`export`): query/response pairs with their provenance, as Parquet and JSONL.",
+}
+# The paper's figures for the filters (arXiv 2410.18693), beside this run's.
+PAPER_REMOVED = {"filter-language": "20.1%", "filter-solvability": "19.4%", "filter-difficulty": "9.2%"}
 
 
 def size_category(rows: int) -> str:
@@ -201,17 +342,193 @@ def funnel_table(stages: list[tuple[Path, dict]]) -> str:
     return "\n".join(lines)
 
 
-def models_used(stages: list[tuple[Path, dict]]) -> list[str]:
+def config_models(config: Any, prefix: str = "") -> dict[str, dict]:
+    """{field path: {model, revision}} of every `model` in a resolved config (manifests older than `models`)."""
+    found: dict[str, dict] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "model" and isinstance(value, str):
+                found[prefix + key] = {"model": value, "revision": config.get("revision"), "commit": None}
+            else:
+                found.update(config_models(value, f"{prefix}{key}."))
+    return found
+
+
+def stage_models(folder: Path, manifest: dict) -> list[tuple[str, dict]]:
+    """(role, {model, revision, commit}) of the models a stage read that are not an earlier stage's output (those
+    are described by that stage): `engine`, `reward`, `regressor`, `optimizer`, ... or `trained from`."""
+    models = manifest.get("models")
+    if models is None:
+        models = config_models(manifest.get("config") or {})
+    found = []
+    for field_path, entry in models.items():
+        if not entry.get("model") or stage_folder(entry["model"], folder) is not None:
+            continue
+        role = field_path.rsplit(".", 1)[0] if "." in field_path else "trained from"
+        found.append((role, entry))
+    return found
+
+
+def data_sources(config: Any) -> Iterator[Any]:
+    """The data sources a resolved config reads (input, inputs, sources, more_sources[].input)."""
+    for key in DATA_FIELDS:
+        value = config.get(key) if isinstance(config, dict) else None
+        for item in value if isinstance(value, list) else [value]:
+            if key == "more_sources" and isinstance(item, dict):
+                yield item.get("input")
+            elif item is not None:
+                yield item
+
+
+def used(stages: list[tuple[Path, dict]]) -> list[dict]:
+    """Every model and dataset the stages read (not an earlier stage's output), once each, with its license:
+    {kind, name, on_hub, used_by, license, license_name}."""
+    rows: dict[tuple[str, str], dict] = {}
+
+    def add(kind: str, name: str, user: str, revision: str | None = None, on_hub: bool = True) -> None:
+        entry = rows.get((kind, name))
+        if entry is None:
+            license_id, license_name = license_of(name, kind, revision)
+            entry = rows[(kind, name)] = {
+                "kind": kind,
+                "name": name,
+                "on_hub": on_hub,
+                "used_by": [],
+                "license": license_id,
+                "license_name": license_name,
+            }
+        if user not in entry["used_by"]:
+            entry["used_by"].append(user)
+
+    for folder, manifest in stages:
+        stage = str(manifest.get("stage"))
+        for role, model in stage_models(folder, manifest):
+            name = EMBEDDED_HUB_ID if model["model"] == EMBEDDED else model["model"]
+            local = name != EMBEDDED_HUB_ID and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists())
+            add("model", name, f"{stage} ({role})", model.get("commit") or model.get("revision"), not local)
+        for source in data_sources(manifest.get("config") or {}):
+            if isinstance(source, dict) and source.get("hub"):
+                add("dataset", source["hub"], stage, source.get("revision"))
+            elif isinstance(source, dict) and source.get("bundled"):
+                add("dataset", BUNDLED_ORIGIN.get(source["bundled"], source["bundled"]), f"{stage} (bundled copy)")
+            else:
+                path = source.get("path") if isinstance(source, dict) else source
+                if isinstance(path, str) and stage_folder(path, folder) is None:
+                    add("dataset", path, stage, on_hub=False)
+    return list(rows.values())
+
+
+def dataset_license(uses: list[dict]) -> str:
+    """The dataset's license from those of the models and data that made it: their license when they all share
+    one, Apache-2.0 when all are permissive, else `other` (the card lists each one)."""
+    licenses = {entry["license"] for entry in uses}
+    if len(licenses) == 1 and "unknown" not in licenses and "other" not in licenses:
+        return licenses.pop()
+    if licenses and licenses <= PERMISSIVE:
+        return "apache-2.0"
+    return "other"
+
+
+def config_value(config: dict, path: str) -> Any:
+    node: Any = config
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def method_lines(stages: list[tuple[Path, dict]]) -> list[str]:
+    """One line per stage that ran, upstream first: what it did, with its models and settings."""
+
+    def model(config: dict, path: str) -> str:
+        value = config_value(config, path)
+        if not isinstance(value, str):
+            return "a model"
+        return f"`{EMBEDDED_HUB_ID}`" if value == EMBEDDED else f"`{value}`"
+
+    def data(value: Any) -> str:
+        items = value if isinstance(value, list) else [value]
+        names = []
+        for item in items:
+            if isinstance(item, dict):
+                item = item.get("hub") or (f"bundled {item['bundled']}" if item.get("bundled") else item.get("path"))
+            names.append(f"`{item}`")
+        return ", ".join(names) or "-"
+
     lines = []
     for _, manifest in stages:
-        config = manifest.get("config") or {}
-        for section in ("engine", "reward"):
-            model = (config.get(section) or {}).get("model")
-            if model:
-                lines.append(f"- {manifest.get('stage')} ({section}): `{model}`")
-        if isinstance(config.get("model"), str):
-            lines.append(f"- {manifest.get('stage')} (trained from): `{config['model']}`")
+        stage, config = str(manifest.get("stage")), manifest.get("config") or {}
+        values = {
+            "model": model(config, "model"),
+            "engine": model(config, "engine.model"),
+            "reward": model(config, "reward.model"),
+            "optimizer": model(config, "optimizer.model"),
+            "sources": data(config.get("sources")),
+            "input": data(config.get("input")),
+            "num": fmt(config.get("num")),
+            "n": fmt(config_value(config, "sampling.n")),
+            "ngram": fmt(config.get("ngram")),
+            "undecided": " (and those it gave no verdict on)" if config.get("keep_undecided") else "",
+            "benchmarks": ", ".join(map(str, config.get("benchmarks") or [])) or "the benchmarks",
+        }
+        template = METHOD.get(stage, f"`{stage}`.")
+        lines.append(template.format(**values))
     return lines
+
+
+def method_note(stages: list[tuple[Path, dict]]) -> str:
+    """What the rows are when no reward model chose one response per question (the demo): several per question."""
+    ran = {str(m.get("stage")) for _, m in stages}
+    responses = next((m for _, m in stages if m.get("stage") == "generate-responses"), None)
+    n = config_value((responses or {}).get("config") or {}, "sampling.n")
+    if responses is None or "reward-select" in ran or not isinstance(n, int) or n < 2:
+        return ""
+    return (
+        f"No reward model selected among the responses: a question can appear with up to {n} responses "
+        "(`query` repeated), each with a final answer."
+    )
+
+
+def figures(stages: list[tuple[Path, dict]]) -> list[dict]:
+    """The run's figures: questions generated, what each filter removed (beside the paper's share),
+    decontamination, the difficulty scorer's held-out fit, and totals of tokens and time."""
+    rows: list[dict] = []
+
+    def add(figure: str, value: str, paper: str = "") -> None:
+        rows.append({"figure": figure, "value": value, "paper": paper})
+
+    generated = [m.get("rows_out") or 0 for _, m in stages if m.get("stage") == "generate-questions"]
+    if generated:
+        add("questions generated", f"{sum(generated):,}")
+    for _, manifest in stages:
+        stage, rows_in = manifest.get("stage"), manifest.get("rows_in")
+        removed = sum((manifest.get("dropped") or {}).values())
+        if manifest.get("row_units") or manifest.get("steps") is not None or not rows_in or stage == "export":
+            continue
+        if stage in PAPER_REMOVED or removed:
+            add(
+                f"{stage}: removed",
+                f"{removed:,} of {rows_in:,} ({removed / rows_in:.1%})",
+                PAPER_REMOVED.get(str(stage), ""),
+            )
+        if stage == "decontaminate":
+            ratios = {k: v for k, v in (manifest.get("clean_ratio") or {}).items() if v is not None and k != "all"}
+            if ratios:
+                shown = ", ".join(f"{name} {ratio:.1%}" for name, ratio in ratios.items())
+                add("decontaminate: clean ratio", shown, "97.4% on average")
+    for _, manifest in stages:
+        if manifest.get("stage") == "difficulty-train" and manifest.get("held_out"):
+            held = manifest["held_out"]
+            mse, rho = held.get("mse"), held.get("spearman")
+            add(
+                "difficulty scorer, held out: MSE / Spearman",
+                f"{'-' if mse is None else f'{mse:.4f}'} / {'-' if rho is None else f'{rho:.3f}'}",
+            )
+    tokens_in = sum(m.get("tokens_in") or 0 for _, m in stages)
+    tokens_out = sum(m.get("tokens_out") or 0 for _, m in stages)
+    add("tokens read / written by models", f"{tokens_in:,} / {tokens_out:,}")
+    add("processing time (hours)", f"{sum(m.get('wall_seconds') or 0 for _, m in stages) / 3600:.3f}")
+    add("GPU hours", f"{sum(m.get('gpu_hours') or 0 for _, m in stages):.3f}")
+    return rows
 
 
 def shorten(row: dict, limit: int = 1500) -> dict:
@@ -222,47 +539,57 @@ def shorten(row: dict, limit: int = 1500) -> dict:
 
 
 def card_text(
-    config: ExportConfig, stages: list[tuple[Path, dict]], own: dict, columns: list[str], samples: list[dict]
+    config: ExportConfig,
+    stages: list[tuple[Path, dict]],
+    own: dict,
+    columns: list[str],
+    samples: list[dict],
+    pipeline: dict,
 ) -> str:
-    """The README: Hub metadata as YAML front matter, then how to load, columns, funnel, models, configs, samples."""
-    from huggingface_hub import DatasetCardData
+    """The README: the Hub's metadata (license, sources, creators, tasks, size, data files), then what the dataset
+    is, how to load it, its columns, the stages that made it, the run's figures, the models and data used with
+    their licenses, the pipeline that reproduces it and sample rows. Rendered by huggingface_hub's
+    `DatasetCard.from_template` from `scalequest/cards/dataset_card.md`."""
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     rows = own["rows_out"]
+    described = stages + [(config.output, own)]
+    uses = used(stages)
+    license_id = config.license or dataset_license(uses)
+    hub_sources = sorted({entry["name"] for entry in uses if entry["kind"] == "dataset" and entry["on_hub"]})
     metadata = DatasetCardData(
         pretty_name=config.name,
+        license=license_id,
         language=["en"],
-        task_categories=["text-generation", "question-answering"],
-        tags=["math", "synthetic", "scalequest"],
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        multilinguality=["monolingual"],
+        source_datasets=hub_sources or ["original"],
+        task_categories=["question-answering", "text-generation"],
         size_categories=[size_category(rows)],
+        tags=["math", "synthetic", "scalequest"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/train-*.parquet"}]}],
     )
-    resolved = [{"stage": m.get("stage"), "folder": str(folder), "config": m.get("config")} for folder, m in stages]
-    resolved.append({"stage": config.stage, "folder": str(config.output), "config": config.model_dump(mode="json")})
-    column_lines = "\n".join(f"| `{name}` | {COLUMN_MEANINGS.get(name, '')} |" for name in columns)
-    sample_blocks = "\n\n".join(
-        "```json\n" + json.dumps(shorten(row), indent=2, ensure_ascii=False) + "\n```" for row in samples
+    template = resources.files("scalequest").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    card = DatasetCard.from_template(
+        metadata,
+        template_str=template,
+        title=config.name,
+        rows=f"{rows:,}",
+        data_dir=DATA_DIR,
+        columns=[{"name": name, "meaning": COLUMN_MEANINGS.get(name, "")} for name in columns],
+        method=method_lines(described),
+        method_note=method_note(described),
+        funnel=funnel_table(described),
+        figures=figures(described),
+        uses=[{**entry, "used_by": ", ".join(entry["used_by"])} for entry in uses],
+        chosen_license=license_id,
+        license_given=config.license is not None,
+        pipeline_file=PIPELINE_FILE,
+        pipeline_yaml=yaml.safe_dump(pipeline, sort_keys=False, allow_unicode=True),
+        samples=[json.dumps(shorten(row), indent=2, ensure_ascii=False) for row in samples],
     )
-    sections = [
-        f"# {config.name}",
-        f"{rows:,} math questions with step-by-step solutions, synthesized from scratch by the ScaleQuest method "
-        "([arXiv 2410.18693](https://arxiv.org/abs/2410.18693)) with the `scalequest` package: a question generator "
-        "writes questions from nothing but its chat template's opening of a user turn, filters remove unusable ones, "
-        "a solver answers each several times, and a reward model keeps the best answer.",
-        "## Loading\n\n```python\nfrom datasets import load_dataset\n\n"
-        f'dataset = load_dataset("parquet", data_files="{DATA_DIR}/train-*.parquet", split="train")\n'
-        '# the same rows as JSONL: load_dataset("json", data_files="shard-*.jsonl", split="train")\n```',
-        f"## Columns\n\n| column | meaning |\n|---|---|\n{column_lines}",
-        "## How it was made\n\nEvery stage of the pipeline, upstream first: rows in and out, what was removed and why, "
-        "tokens read and written by its models, and processing time.\n\n"
-        + funnel_table(stages + [(config.output, own)]),
-        "## Models\n\n" + ("\n".join(models_used(stages)) or "None recorded."),
-        "## Pipeline configuration\n\nThe resolved config of every stage, as each saved it in its "
-        "config.yaml.\n\n```yaml\n" + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True) + "```",
-        "## Sample rows\n\n" + (sample_blocks or "None."),
-        "## License\n\nThe questions and responses were written by the models named above; check their licenses "
-        "before use.",
-    ]
-    return f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return str(card).rstrip("\n") + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +602,8 @@ class Export(RowStage):
 
     def check(self) -> None:
         config = self.config
+        if config.push_to_hub:  # a missing token fails now, not after the export
+            require_token(config.push_to_hub)
         # Found now, so a missing or unfinished earlier stage fails before any output is written.
         if config.stage_folders is not None:
             self.stages = [(folder, finished_manifest(folder)) for folder in config.stage_folders]
@@ -352,12 +681,17 @@ class Export(RowStage):
             own["wall_seconds"] += stats["seconds"]
             for reason, count in stats["dropped"].items():
                 own["dropped"][reason] = own["dropped"].get(reason, 0) + count
-        io.atomic_write_text(out / CARD, card_text(self.config, self.stages, own, self.columns, samples))
+        steps = [(str(m.get("stage")), folder, saved_config(folder, m)) for folder, m in self.stages]
+        steps.append((self.config.stage, out, self.config.model_dump(mode="json")))
+        pipeline = pipeline_yaml(steps)
+        io.atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(pipeline, sort_keys=False, allow_unicode=True))
+        io.atomic_write_text(out / CARD, card_text(self.config, self.stages, own, self.columns, samples, pipeline))
         return {
             "rows": rows,
             "columns": self.columns,
             "parquet_files": [str(path.relative_to(out)) for path in parquet_files],
             "card": CARD,
+            "pipeline": PIPELINE_FILE,
             "lineage": [str(folder) for folder, _ in self.stages],
         }
 
@@ -403,16 +737,17 @@ def write_parquet(out: Path, columns: list[str]) -> tuple[list[Path], int]:
 
 
 def push_to_hub(config: ExportConfig) -> None:
-    """Upload the card and the Parquet files to a Hub dataset repo (created when missing)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(config.push_to_hub, repo_type="dataset", private=config.private, exist_ok=True)
-    api.upload_folder(
-        repo_id=config.push_to_hub,
+    """Upload the card, the pipeline YAML, the Parquet files and the report figures (OUTPUT/report/*.png, when
+    `scalequest report RUN_DIR --output OUTPUT/report` wrote them; not the page, which names local paths) to a Hub
+    dataset repo (created when missing)."""
+    patterns = [CARD, PIPELINE_FILE, f"{DATA_DIR}/*.parquet"]
+    if any((config.output / REPORT_DIR).glob("*.png")):
+        patterns.append(f"{REPORT_DIR}/*.png")
+    push_folder(
+        config.push_to_hub,
+        config.output,
         repo_type="dataset",
-        folder_path=config.output,
-        allow_patterns=[CARD, f"{DATA_DIR}/*.parquet"],
+        private=config.private,
+        allow_patterns=patterns,
         commit_message="Upload ScaleQuest dataset",
     )
-    log.info("export: pushed %s to the Hub dataset %s", config.output, config.push_to_hub)

@@ -410,11 +410,15 @@ def run(config: RewardTrainConfig, force: bool = False) -> dict:
         check()
         entries.update(loaded["entries"])
 
-    manifest = run_training(config, build_trainer, force=force, check=check_and_count, entries=entries)
-    if manifest and "held_out" not in manifest:
-        # run_training writes its own manifest; the held-out scores come from the saved folder, added here (again
-        # on a rerun, should a kill have come between the two writes).
-        manifest["held_out"] = evaluate_held_out(config, loaded["questions"])
-        io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
-        log.info("%s: held out %s", config.stage, manifest["held_out"])
-    return manifest
+    def add_held_out(manifest: dict) -> dict:
+        if "held_out" not in manifest:
+            # run_training writes its own manifest; the held-out scores come from the saved folder, added here
+            # (again on a rerun, should a kill have come between the two writes).
+            manifest["held_out"] = evaluate_held_out(config, loaded["questions"])
+            io.atomic_write_text(config.output / io.MANIFEST, json.dumps(manifest, indent=2, default=str))
+            log.info("%s: held out %s", config.stage, manifest["held_out"])
+        return manifest
+
+    return run_training(
+        config, build_trainer, force=force, check=check_and_count, entries=entries, complete=add_held_out
+    )
