@@ -370,6 +370,25 @@ def without_operational(data: Any, nested: bool = False) -> Any:
     return data
 
 
+class SolverPrompt(Section):
+    """How a solver is prompted: the fields of every stage that has a model answer questions."""
+
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto",
+        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
+        "when the tokenizer has a template.",
+    )
+
+
+class Grading(Section):
+    """How answers are checked against known ones (scalequest.math, in a pool of worker processes)."""
+
+    grading_timeout: float = Field(
+        5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong."
+    )
+    grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
+
+
 class ShardedStageConfig(StageConfig):
     """A row-wise stage: its rows are processed shard by shard by an executor."""
 

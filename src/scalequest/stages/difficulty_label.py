@@ -18,7 +18,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import DataSource, EngineConfig, HFEngineConfig, RowStageConfig, Section, sampling_config
+from scalequest.config import (
+    DataSource,
+    EngineConfig,
+    Grading,
+    HFEngineConfig,
+    RowStageConfig,
+    Section,
+    SolverPrompt,
+    sampling_config,
+)
 from scalequest.engines import load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
@@ -80,7 +89,7 @@ class LabelSource(Section):
     limit: int | None = Field(None, ge=1, description="Label only the first N questions of this source.")
 
 
-class DifficultyLabelConfig(RowStageConfig):
+class DifficultyLabelConfig(SolverPrompt, Grading, RowStageConfig):
     """Label questions with known answers by a solver's fail rate over n sampled solutions."""
 
     stage = "difficulty-label"
@@ -108,15 +117,6 @@ class DifficultyLabelConfig(RowStageConfig):
         default_factory=LabelSampling,
         description="Solver sampling; sampling.n = solutions per question (default 8, temperature 0.7).",
     )
-    prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto",
-        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
-        "when the tokenizer has a template.",
-    )
-    grading_timeout: float = Field(
-        5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong."
-    )
-    grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
     keep_responses: bool = Field(False, description="Store the solver's full responses in each row (large).")
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
 

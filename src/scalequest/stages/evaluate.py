@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from scalequest import io
-from scalequest.config import EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import EngineConfig, Grading, HFEngineConfig, ShardedStageConfig, SolverPrompt, sampling_config
 from scalequest.engines import Engine, load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
@@ -51,7 +51,7 @@ and that option's content are both equivalent to it.
 Explain briefly. Then write your verdict alone on the last line: EQUIVALENT or NOT EQUIVALENT."""
 
 
-class EvaluateConfig(ShardedStageConfig):
+class EvaluateConfig(SolverPrompt, Grading, ShardedStageConfig):
     """Evaluate a model on math benchmarks (zero-shot chain of thought, greedy, pass@1)."""
 
     stage = "evaluate"
@@ -74,15 +74,6 @@ class EvaluateConfig(ShardedStageConfig):
         default_factory=EvaluationSampling,
         description="Decoding; greedy by default. Set sampling.n=k with a temperature for a majority vote.",
     )
-    prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto",
-        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
-        "when the tokenizer has a template.",
-    )
-    grading_timeout: float = Field(
-        5.0, gt=0, description="Seconds allowed per answer check; a check that runs over counts as wrong."
-    )
-    grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
     judge: EngineConfig | None = Field(
         None,
         description="An LLM that judges the answers the rules cannot decide (a grading time-out, an answer or gold no "

@@ -13,11 +13,10 @@ relies on that).
 
 from __future__ import annotations
 
-from typing import Literal
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
+from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, SolverPrompt, sampling_config
 from scalequest.engines import load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.stages.generate_questions import shard_seed
@@ -39,7 +38,7 @@ QUESTION_BOOKKEEPING = {
 }
 
 
-class GenerateResponsesConfig(RowStageConfig):
+class GenerateResponsesConfig(SolverPrompt, RowStageConfig):
     """Answer every question n times with a solver model (chain of thought, final answer in \\boxed{})."""
 
     stage = "generate-responses"
@@ -50,11 +49,6 @@ class GenerateResponsesConfig(RowStageConfig):
     sampling: ResponseSampling = Field(
         default_factory=ResponseSampling,
         description="Sampling (paper: n=5 responses per question, temperature 0.7, top_p 0.95, 2048 new tokens).",
-    )
-    prompt_format: Literal["auto", "chat", "plain"] = Field(
-        "auto",
-        description="chat = through the chat template; plain = 'Question: ... Answer:' for base models; auto = chat "
-        "when the tokenizer has a template.",
     )
     question_field: str = Field("question", description="Input field holding the question text.")
     carry_fields: list[str] | None = Field(

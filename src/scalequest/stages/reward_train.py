@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import DataSource
+from scalequest.config import DataSource, Grading
 from scalequest.models import ModelError, load_tokenizer, resolve_model
 from scalequest.training import TrainingConfig, default_bf16, peft_config, run_training, trainer_arguments
 
 log = logging.getLogger(__name__)
 
 
-class RewardTrainConfig(TrainingConfig):
+class RewardTrainConfig(Grading, TrainingConfig):
     """Train an outcome reward model (TRL RewardTrainer, Bradley-Terry) on correct vs incorrect solver samples."""
 
     stage = "reward-train"
@@ -86,10 +86,6 @@ class RewardTrainConfig(TrainingConfig):
         description="Share of questions held out (a hash of the id, seeded by `seed`) for pairwise and best-of-n "
         "accuracy in the manifest.",
     )
-    grading_timeout: float = Field(
-        5.0, gt=0, description="Seconds per answer check when rows lack sample_correct and are graded here."
-    )
-    grading_workers: int | None = Field(None, ge=1, description="Grading processes; default: one per CPU core.")
 
 
 # ----------------------------------------------------------------------------------------------
