@@ -1,13 +1,15 @@
 """Peak memory of the filter-language stage as its input grows (10K, 100K, 1M synthetic questions).
 
 Every run is a fresh process, so its peak resident set (ru_maxrss) is that run's alone. Runs go with
-deduplicate on and off: exact global deduplication keeps an 8-byte hash of every distinct question
-while it looks for repeats (by design), so it grows with the input; everything else streams (the
-runner counts and fingerprints the input, then feeds shards one at a time). With --executor ray the
-driver is measured (Ray's own processes are not). Run from the repository root:
+deduplicate on and off (near-deduplication off), and with --dedup near also with near-deduplication on
+(its defaults): exact global deduplication keeps an 8-byte hash of every distinct question while it looks
+for repeats (by design), near-deduplication its LSH band keys, so both grow with the input; everything
+else streams (the runner counts and fingerprints the input, then feeds shards one at a time). With
+--executor ray the driver is measured (Ray's own processes are not). Run from the repository root:
 
     python benchmarks/filter_memory.py --sizes 10000 100000 1000000
     python benchmarks/filter_memory.py --sizes 10000 100000 1000000 --executor ray --dedup off
+    python benchmarks/filter_memory.py --sizes 100000 --dedup near
 """
 
 from __future__ import annotations
@@ -52,15 +54,17 @@ def write_input(folder: Path, rows: int, seed: int = 0) -> None:
         (folder / f"part-{start // ROWS_PER_FILE:05d}.jsonl").write_text("".join(lines))
 
 
-def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: int) -> None:
+def child(source: Path, output: Path, dedup: str, executor: str, shard_size: int) -> None:
     from scalequest.runner import run_row_stage
     from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
 
     # Import the executor first, so the growth below is the run's own, not Ray's or tqdm's code.
     __import__(f"scalequest.executors.{executor}")
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    near = FilterLanguageConfig.model_fields["near_dedup_threshold"].default if dedup == "near" else None
     config = FilterLanguageConfig(
-        input=source, output=output, shard_size=shard_size, deduplicate=dedup, progress=False,
+        input=source, output=output, shard_size=shard_size, deduplicate=dedup != "off", progress=False,
+        near_dedup_threshold=near,
         executor={"kind": executor, "num_workers": 1} if executor == "ray" else "local",
     )  # fmt: skip
     started = time.perf_counter()
@@ -74,7 +78,7 @@ def child(source: Path, output: Path, dedup: bool, executor: str, shard_size: in
     print(json.dumps({**figures, "rows_out": manifest["rows_out"], "dropped": manifest["dropped"]}))
 
 
-def measure(source: Path, work: Path, dedup: bool, executor: str, shard_size: int) -> dict:
+def measure(source: Path, work: Path, dedup: str, executor: str, shard_size: int) -> dict:
     output = work / f"out-{executor}-{dedup}"
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, __file__, "--child", str(source), str(output), str(dedup), executor, str(shard_size)]
@@ -88,16 +92,21 @@ def measure(source: Path, work: Path, dedup: bool, executor: str, shard_size: in
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, source, output, dedup, executor, shard_size = sys.argv
-        return child(Path(source), Path(output), dedup == "True", executor, int(shard_size))
+        return child(Path(source), Path(output), dedup, executor, int(shard_size))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="input rows per run")
-    parser.add_argument("--dedup", choices=["both", "on", "off"], default="both", help="deduplicate settings to run")
+    parser.add_argument(
+        "--dedup", choices=["both", "on", "off", "near", "all"], default="both",
+        help="settings to run: on (exact only), off, both (on and off), near (exact and near), all",
+    )  # fmt: skip
     parser.add_argument("--executor", choices=["local", "ray"], default="local", help="executor of the measured runs")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per shard")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
 
-    settings = {"both": [True, False], "on": [True], "off": [False]}[args.dedup]
+    settings = {"both": ["on", "off"], "on": ["on"], "off": ["off"], "near": ["near"], "all": ["on", "near", "off"]}[
+        args.dedup
+    ]
     work = Path(tempfile.mkdtemp(prefix="filter-memory-", dir=args.workdir))
     print(
         f"filter-language, executor {args.executor}, shards of {args.shard_size} rows; peak RSS of a fresh process "
@@ -113,7 +122,7 @@ def main() -> None:
             write_input(source, rows)
             for dedup in settings:
                 r = measure(source, work, dedup, args.executor, args.shard_size)
-                print(f"{rows:>9} {str(dedup).lower():>6} {r['baseline_mb']:>12.1f} {r['peak_mb']:>8.1f} "
+                print(f"{rows:>9} {dedup:>6} {r['baseline_mb']:>12.1f} {r['peak_mb']:>8.1f} "
                       f"{r['peak_mb'] - r['baseline_mb']:>10.1f} {r['shm_mb']:>7.1f} {r['seconds']:>8.1f} "
                       f"{rows / r['seconds']:>8.0f}  {r['dropped']}",
                       flush=True)  # fmt: skip

@@ -251,7 +251,7 @@ def funnel_section(report: Report, stages: list[StageRun]) -> None:
                 s.name,
                 number(s.manifest.get("rows_in")),
                 number(s.manifest.get("rows_out")),
-                f"{units['in']} -> {units['out']}" if units else "",
+                " -> ".join(units[side] for side in ("in", "out") if side in units),  # a training stage: "in" only
                 ", ".join(f"{reason} {count:,}" for reason, count in sorted(dropped.items())),
             ]
         )

@@ -278,3 +278,10 @@ def test_page_renders_in_headless_chromium(tmp_path):
     found, console = render(tmp_path / "broken.html", tmp_path / "profile")
     assert (found["broken"], found["errors"]) == ("1", "2"), found["text"]
     assert any("boom" in line for line in console)
+
+
+def test_a_training_stage_that_names_only_its_input_units(tmp_path):
+    """reward-train counts preference pairs in and writes a model, not rows: its funnel line has "in" units only."""
+    write_stage(tmp_path / "run" / "reward-train", "reward-train", rows_in=6, row_units={"in": "preference pairs"})
+    page = write_report(tmp_path / "run").read_text()
+    assert "preference pairs" in page

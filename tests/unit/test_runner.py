@@ -424,7 +424,11 @@ def test_first_occurrence_is_kept_when_its_duplicate_comes_first_in_a_later_shar
 def test_filter_language_switches_and_field(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in ["caf\u00e9?", "A?", "a?", ""]])
     manifest = runner.run_stage(
-        FilterLanguage(filter_config(source, tmp_path / "o1", field="text", ascii_only=False, deduplicate=False))
+        FilterLanguage(
+            filter_config(
+                source, tmp_path / "o1", field="text", ascii_only=False, deduplicate=False, near_dedup_threshold=None
+            )
+        )
     )
     assert manifest["rows_out"] == 3 and manifest["dropped"] == {"empty": 1}
     manifest = runner.run_stage(FilterLanguage(filter_config(source, tmp_path / "o2", field="text")))
