@@ -69,6 +69,8 @@ def find_stages(run_dir: Path, skip: Path | None = None) -> tuple[list[StageRun]
         except io.DataError as err:
             warnings.append(str(err))
             return None
+        if manifest is None and (folder / io.CONFIG).is_file():  # a stage output without its manifest
+            warnings.append(f"{folder.name}: not finished (still running, or killed): not drawn; rerun it to finish")
         return manifest if isinstance(manifest, dict) and "stage" in manifest else None
 
     def subfolders(folder: Path) -> list[Path]:

@@ -285,3 +285,12 @@ def test_a_training_stage_that_names_only_its_input_units(tmp_path):
     write_stage(tmp_path / "run" / "reward-train", "reward-train", rows_in=6, row_units={"in": "preference pairs"})
     page = write_report(tmp_path / "run").read_text()
     assert "preference pairs" in page
+
+
+def test_a_killed_or_running_stage_is_named_as_missing(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "sft" / "manifest.json").unlink()  # killed while training: config.yaml, no manifest
+    (run / "sft" / "config.yaml").write_text("stage: sft\n")
+    page = write_report(run).read_text()
+    assert "sft: not finished (still running, or killed)" in page
+    assert '<section id="evaluation">' in page  # what finished is drawn
