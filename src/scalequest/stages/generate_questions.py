@@ -3,7 +3,7 @@
 The prompt is nothing but the text a chat template writes before a user's message, so the model
 continues by writing a user's question, and stops at the template's end-of-turn.
 
-Row ids are `q-XXXXXX-00000000`, `q-XXXXXX-00000001`, ...: XXXXXX is 6 hex digits of a hash of every setting
+Row ids are `q-PREFIX-00000000`, `q-PREFIX-00000001`, ...: PREFIX is 6 hex digits of a hash of every setting
 that decides what a row says (the generator model and engine, the prompt settings, the sampling and its seed,
 the shard size), i.e. the config hash without `num` and the operational fields. Runs of other generators or
 seeds therefore get disjoint ids and can be merged into one dataset, while the same config (a resume, a rerun
@@ -54,7 +54,7 @@ class GenerateQuestionsConfig(ShardedStageConfig):
 
 
 def id_prefix(config: GenerateQuestionsConfig) -> str:
-    """`q-XXXXXX-`: what every row id of this config starts with (see the module docstring)."""
+    """`q-PREFIX-`: what every row id of this config starts with (see the module docstring)."""
     settings = config.model_dump(mode="json", exclude=config.runtime_fields | {"num"})
     digest = hashlib.sha256(json.dumps(without_operational(settings), sort_keys=True).encode()).hexdigest()
     return f"q-{digest[:6]}-"
