@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +60,48 @@ def tiny_score_head(target: Path) -> Path:
     return build_tiny_model_dir(target, head="classifier")
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both scoring benchmarks take: stage batch sizes, device, threads, model cache."""
+    parser.add_argument(
+        "--batch-sizes", default="", help="comma-separated stage batch sizes (default: the stage's default)"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept"
+    )
+
+
+def score_model(args: argparse.Namespace, kind: str) -> Path:
+    """Set torch's threads and give the 1-output model folder to time (tiny random, or the embedded one)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tiny:
+        return tiny_score_head(args.cache / f"tiny-{kind}")
+    return score_head_from_embedded(args.cache / f"smollm2-135m-{kind}")
+
+
+def alternate(runs: list[tuple[str, Callable[[], object]]], rounds: int, count: int, unit: str) -> None:
+    """Time each (name, run) `rounds` times, order reversed every other round so a busy machine's load drifts
+    hit every side, and print each median rate with its ratio to the first run's (the baseline)."""
+    rates: dict[str, list[float]] = {name: [] for name, _ in runs}
+    for round_index in range(rounds):
+        for name, run in reversed(runs) if round_index % 2 else runs:
+            started = time.perf_counter()
+            run()
+            rates[name].append(count / (time.perf_counter() - started))
+            print(f"  round {round_index + 1}: {name}: {rates[name][-1]:.2f} {unit}/s", flush=True)
+    baseline = statistics.median(rates[runs[0][0]])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"{name:>20}: {median:7.2f} {unit}/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio "
+            f"{median / baseline:.2f}x"
+        )
+
+
 def load_questions(count: int) -> list[str]:
     path = REPO.parent / "shared" / "data" / "train" / "gsm8k_train.jsonl"
     questions: list[str] = []
@@ -87,17 +130,8 @@ def main() -> None:
     )
     parser.add_argument("--questions", type=int, default=48, help="questions scored per run")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of both methods")
-    parser.add_argument(
-        "--batch-sizes",
-        default="",
-        help="comma-separated stage batch sizes (default: the stage's default for the device)",
-    )
     parser.add_argument("--dtypes", default="auto", help="comma-separated dtypes: auto, bfloat16, float16, float32")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument(
-        "--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept"
-    )
+    add_common_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -106,13 +140,7 @@ def main() -> None:
     from scalequest.stage import Shard
     from scalequest.stages.filter_difficulty import ScoreDifficulty, ScoreDifficultyConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model_dir = (
-        tiny_score_head(args.cache / "tiny-difficulty")
-        if args.tiny
-        else score_head_from_embedded(args.cache / "smollm2-135m-difficulty")
-    )
+    model_dir = score_model(args, "difficulty")
     questions = load_questions(args.questions)
     shard = Shard(0, [{"id": f"q{i}", "question": q} for i, q in enumerate(questions)])
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
@@ -158,23 +186,9 @@ def main() -> None:
                 f"{max(abs(a - b) for a, b in zip(got, reference)):.2e}"
             )
 
-        rates: dict[str, list[float]] = {"one at a time": []} | {name: [] for name in stages}
-        for round_index in range(args.rounds):
-            runs = [("one at a time", lambda pipe=pipe: one_at_a_time(pipe, questions))]
-            runs += [(name, lambda stage=stage: stage.process(shard)) for name, stage in stages.items()]
-            if round_index % 2:
-                runs.reverse()
-            for name, run in runs:
-                started = time.perf_counter()
-                run()
-                rates[name].append(len(questions) / (time.perf_counter() - started))
-        baseline = statistics.median(rates["one at a time"])
-        for name, values in rates.items():
-            median = statistics.median(values)
-            print(
-                f"{name:>16}: {median:7.2f} questions/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio "
-                f"{median / baseline:.2f}x"
-            )
+        runs = [("one at a time", lambda pipe=pipe: one_at_a_time(pipe, questions))]
+        runs += [(name, lambda stage=stage: stage.process(shard)) for name, stage in stages.items()]
+        alternate(runs, args.rounds, len(questions), "questions")
         del pipe, stages, first, model
 
 

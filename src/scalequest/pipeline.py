@@ -241,6 +241,11 @@ class PipelineConfig(Section):
         description="Stage name -> that stage's config, in pipeline order; ${stages.NAME.output} names an earlier "
         "stage's output.",
     )
+    domain: Literal["math", "code"] | None = Field(
+        None,
+        description="math or code for every stage that has a `domain` field and does not set it (the prompts, "
+        "checks and benchmarks of that domain).",
+    )
 
 
 def run_one(name: str, config, force: bool = False) -> dict:
@@ -277,6 +282,8 @@ def plan_pipeline(path: str | Path, overrides: list[str] = ()) -> tuple[Pipeline
         where = f"{path}: stages.{name}"
         values = resolve_references(copy.deepcopy(pipeline.stages[name] or {}), outputs, where)
         values.setdefault("output", str(pipeline.output_dir / name))
+        if pipeline.domain is not None and "domain" in STAGES[command_of(name)].config.model_fields:
+            values.setdefault("domain", pipeline.domain)
         values, wired = fill_from_earlier(name, values, outputs)
         config = build_config(STAGES[command_of(name)].config, values, where)
         stages.append((name, config, wired))

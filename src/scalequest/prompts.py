@@ -6,6 +6,11 @@ single numeric answer, respects common sense, restates every condition and gives
 Difficulty: fix errors first, list ways to make it harder, plan, and rewrite it adding only about 10-20
 words. Both end with the rewrite after a marker line, which `parse_final_question` finds tolerantly:
 optimizers write the marker as plain text, in bold, as a heading, with or without a colon.
+
+For programming questions (domain code) the directions are the same and the checks differ. Solvability: the
+rewrite is a self-contained task with one exact Python function signature, the input and output format, and
+examples written as `assert` lines, and no solution. Difficulty: harder constraints or edge cases, a few words
+longer, the signature and assert examples kept in the same form.
 """
 
 from __future__ import annotations
@@ -51,14 +56,50 @@ less convenient numbers.
 5. {ending}"""
 
 
-def optimizer_prompt(question: str, direction: str) -> list[dict[str, str]]:
+CODE_SOLVABILITY_PROMPT = """You are a programming teacher checking a task that a student wrote for an exercise sheet.
+
+Task:
+{question}
+
+Do the following.
+1. Decide whether this is a real programming task that stands on its own. Think through a solution, to find out \
+whether it can be solved from what it says.
+2. Rewrite it so that:
+   - it asks for exactly one Python function and gives its exact signature, e.g. `def name(arg: type) -> type:`;
+   - it states the input and the output precisely, including what to do with empty or unusual inputs;
+   - it gives two or three examples written as Python assert lines in a ```python block, with correct values;
+   - it contains no solution, hint or code other than the signature and the examples.
+   Keep the topic of the original wherever it already works.
+3. {ending}"""
+
+CODE_DIFFICULTY_PROMPT = """You are a programming teacher turning a task into a harder one for a strong student.
+
+Task:
+{question}
+
+Do the following.
+1. If the task contains a mistake or leaves out something needed to solve it, fix that first.
+2. List a few ways the task could be made harder, for example a tighter constraint, an extra edge case to handle, \
+or a second requirement on the output.
+3. Choose one or two of them and plan the change.
+4. Rewrite the task with that change, adding only about 10 to 30 words. Keep one exact function signature and \
+examples as Python assert lines in a ```python block, with values that are correct for the harder task. Do not \
+solve it.
+5. {ending}"""
+
+PROMPTS = {
+    ("math", "solvability"): SOLVABILITY_PROMPT,
+    ("math", "difficulty"): DIFFICULTY_PROMPT,
+    ("code", "solvability"): CODE_SOLVABILITY_PROMPT,
+    ("code", "difficulty"): CODE_DIFFICULTY_PROMPT,
+}
+
+
+def optimizer_prompt(question: str, direction: str, domain: str = "math") -> list[dict[str, str]]:
     """The chat conversation asking the optimizer to rewrite `question` toward `direction`."""
-    if direction == "solvability":
-        template = SOLVABILITY_PROMPT
-    elif direction == "difficulty":
-        template = DIFFICULTY_PROMPT
-    else:
+    if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+    template = PROMPTS[domain, direction]
     return [{"role": "user", "content": template.format(question=question.strip(), ending=_ENDING)}]
 
 
@@ -81,6 +122,8 @@ _TRAILER = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,}|```)\s*$", re.MULTILINE)
+# A programming task holds fenced examples, so a fence does not end it.
+_CODE_RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$", re.MULTILINE)
 
 
 def _unwrap(text: str) -> str:
@@ -98,13 +141,13 @@ def _unwrap(text: str) -> str:
     return text if text.strip("*_#>`\"' \n") else ""
 
 
-def parse_final_question(output: str) -> str | None:
+def parse_final_question(output: str, domain: str = "math") -> str | None:
     """The question after the last marker line of an optimizer reply; None when there is none.
 
     Takes the text after the last marker ("Final question:", "**Final Question:**", "### Final question",
     "Rewritten question -", "Final Question：", ...), up to a horizontal rule or a line of commentary
     ("Note: ...", "Answer: ..."), and strips markdown and quotes around it. Returns "" when the marker
-    is there but nothing follows it.
+    is there but nothing follows it. For domain code, code fences belong to the question.
     """
     if not output:
         return None
@@ -112,7 +155,7 @@ def parse_final_question(output: str) -> str | None:
     if not matches:
         return None
     rest = output[matches[-1].end() :]
-    for pattern in (_RULE, _TRAILER):
+    for pattern in (_CODE_RULE if domain == "code" else _RULE, _TRAILER):
         found = pattern.search(rest)
         # A trailer at the very start is the question itself (e.g. "Step"-less text); only cut after content.
         if found and rest[: found.start()].strip():

@@ -152,6 +152,26 @@ class Faults:
         return self.kinds[int.from_bytes(digest[8:16], "big") % len(self.kinds)]
 
 
+class HashEngine(Engine):
+    """Instant, deterministic responses per (prompt, seed, sample) for load and fault-injection runs of the
+    openai client: a run through faults must give exactly the rows of a clean run. One response in eight states
+    no final answer, so that removed rows go through the retries and merges too."""
+
+    def generate(self, prompts: list, params: SamplingParams) -> list[list[Completion]]:
+        results = []
+        for prompt in prompts:
+            text = json.dumps(prompt, sort_keys=True)
+            completions = []
+            for sample in range(params.n):
+                digest = hashlib.sha256(f"{params.seed}|{sample}|{text}".encode()).hexdigest()
+                reply = f"Step {digest[:12]}, then step {digest[12:24]}."
+                if int(digest[24:26], 16) % 8:
+                    reply += f" The answer is \\boxed{{{int(digest[26:34], 16) % 1000}}}."
+                completions.append(Completion(reply, len(text) // 4, len(reply) // 4, "stop"))
+            results.append(completions)
+        return self._count(results)
+
+
 class Server(ThreadingHTTPServer):
     """The HTTP server `make_server` returns; `stats` counts what it saw (a copy; also at GET /stats)."""
 

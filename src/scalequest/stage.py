@@ -61,6 +61,20 @@ class ShardResult:
         removed, and the shard stays pending until a rerun processes it."""
         self.failed.append({"id": row.get("id"), "reason": reason, "row": row})
 
+    def generated(self, engine, rows: list[dict], prompts: list, params) -> list[tuple[dict, list]]:
+        """`engine`'s completions of `prompts` (one per row), as (row, completions) for the rows that got some;
+        a row whose request failed for good is recorded with `fail` (pending for a rerun: a failed request is not
+        a wrong answer). Counts the prompt tokens once per row and every completion's tokens."""
+        answered = []
+        for index, (row, completions) in enumerate(zip(rows, engine.generate(prompts, params))):
+            if not completions:
+                self.fail(row, engine.failure(index))
+                continue
+            self.tokens_in += completions[0].prompt_tokens
+            self.tokens_out += sum(c.completion_tokens for c in completions)
+            answered.append((row, completions))
+        return answered
+
     def merged(self, retry: "ShardResult", shard: Shard) -> "ShardResult":
         """This earlier result with `retry` (the rows that had failed, processed again), in input order."""
         position = {row.get("id"): i for i, row in enumerate(shard.rows)}

@@ -210,13 +210,19 @@ def encode_prompt_text(tokenizer: Any, text: str) -> list[int]:
 
 
 # Our prompt texts. Chain of thought for solving (responses, evaluation): the question, then a request to
-# reason step by step and put the final answer in \boxed{} (the checker's first choice).
+# reason step by step and put the final answer in \boxed{} (the checker's first choice). For code: reason, then
+# one Python function in a fenced block (what scalequest.code.programs.extract_program reads).
 SOLVE_INSTRUCTION = "Work through this step by step, then write the final answer inside \\boxed{}."
+CODE_SOLVE_INSTRUCTION = (
+    "Think through the task step by step, then write the complete solution as one Python function, with the imports "
+    "it needs, in a single ```python code block."
+)
+INSTRUCTIONS = {"math": SOLVE_INSTRUCTION, "code": CODE_SOLVE_INSTRUCTION}
 
 
-def solve_message(question: str) -> str:
+def solve_message(question: str, domain: str = "math") -> str:
     """The user message that asks a chat model to solve a question with chain of thought."""
-    return f"{question.strip()}\n\n{SOLVE_INSTRUCTION}"
+    return f"{question.strip()}\n\n{INSTRUCTIONS[domain]}"
 
 
 # A base model given the plain prompt tends to go on with a new "Question:" of its own.
@@ -228,14 +234,16 @@ def solve_stops(chat: bool) -> tuple[str, ...]:
     return () if chat else (PLAIN_SOLVE_STOP,)
 
 
-def plain_solve_prompt(question: str) -> str:
+def plain_solve_prompt(question: str, domain: str = "math") -> str:
     """The same request as plain text, for base models without a chat template."""
-    return f"Question: {question.strip()}\n{SOLVE_INSTRUCTION}\nAnswer:"
+    return f"Question: {question.strip()}\n{INSTRUCTIONS[domain]}\nAnswer:"
 
 
-def solve_prompt(question: str, chat: bool) -> str | list[dict[str, str]]:
+def solve_prompt(question: str, chat: bool, domain: str = "math") -> str | list[dict[str, str]]:
     """The chain-of-thought request for one question: a chat turn, or plain text for base models."""
-    return [{"role": "user", "content": solve_message(question)}] if chat else plain_solve_prompt(question)
+    if chat:
+        return [{"role": "user", "content": solve_message(question, domain)}]
+    return plain_solve_prompt(question, domain)
 
 
 def uses_chat_template(engine: Any, engine_config: Any, prompt_format: str) -> bool:

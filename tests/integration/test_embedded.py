@@ -10,6 +10,7 @@ import pytest
 from scalequest.cli import main
 from scalequest.io import load_rows
 from scalequest.models import embedded_gguf, resolve_model
+from scalequest.pipeline import STAGES
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,26 +46,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
     printed = capsys.readouterr().out
     assert "Funnel:" in printed and "Sample questions:" in printed and "| gsm8k | 2 |" in printed
     manifests = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/manifest.json")}
-    assert set(manifests) == {
-        "qft",
-        "qpo-data",
-        "qpo",
-        "generate-questions",
-        "generate-questions@qft",
-        "merge",
-        "filter-language",
-        "filter-solvability",
-        "difficulty-label",
-        "difficulty-train",
-        "filter-difficulty",
-        "generate-responses",
-        "reward-train",
-        "reward-select",
-        "decontaminate",
-        "export",
-        "sft",
-        "evaluate",
-    }
+    assert set(manifests) == {*STAGES, "generate-questions@qft"}  # every declared stage, in one demo
     generated, filtered = manifests["generate-questions"], manifests["filter-language"]
     assert generated["rows_out"] == 12 and generated["tokens_out"] > 0
     assert manifests["generate-questions@qft"]["rows_out"] == 6
@@ -118,3 +100,29 @@ def test_evaluate_limit_5_on_the_embedded_model(tmp_path, shared_data, capsys):
     assert summary["n"] == 5 and 0 <= summary["accuracy"] <= 100 and summary["mean_response_tokens"] > 0
     rows = load_rows(out)
     assert len(rows) == 5 and all(row["response"] for row in rows)
+
+
+def test_code_demo_runs_end_to_end(tmp_path, capsys, monkeypatch, sandbox):
+    """`scalequest demo --code`: configs/demo-code.yaml, the method on programming tasks (~10 min on 2 cores),
+    offline from an empty folder: programs extracted, run on tests in the sandbox, HumanEval before and after SFT."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo-code")
+    assert main(["demo", "--code", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluate (" in printed and "evaluate@base (embedded)" in printed and "| humaneval | 20 |" in printed
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/manifest.json")}
+    assert set(manifests) == set(STAGES) - {"merge", "difficulty-train", "filter-difficulty"} | {"evaluate@base"}
+    assert manifests["qft"]["input"] == ["bundled:code_tasks_train"]
+    labels = load_rows(out / "difficulty-label")
+    assert len(labels) == 8 and all(isinstance(row["gold"], list) for row in labels)
+    responses = manifests["generate-responses"]
+    assert responses["config"]["domain"] == "code" and responses["counts"]["responses_generated"] >= 1
+    for row in load_rows(out / "generate-responses"):  # every kept response holds a program that compiles
+        assert compile(row["program"], "<program>", "exec") and "codet_score" in row and "tests_total" in row
+    exported = load_rows(out / "export")
+    assert all(row["program"] for row in exported)
+    for step in ("evaluate", "evaluate@base"):
+        (entry,) = manifests[step]["summary"]
+        assert entry["benchmark"] == "humaneval" and entry["n"] == 20 and 0 <= entry["pass@1"] <= 100
+        assert sum(entry["statuses"].values()) == 20

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_generation, write_jsonl
 from scalequest import io
 from scalequest.cli import EXIT_BAD_INPUT, main
 from scalequest.config import ConfigError, Section, section_types
@@ -29,12 +30,6 @@ def call(argv: list[str]) -> int:
         return main([str(a) for a in argv])
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def leaf_fields(cls: type[Section], prefix: str = "", defaults=None):
@@ -381,13 +376,7 @@ def tiny_pipeline(tmp_path: Path, model_dir: Path) -> Path:
             {
                 "output_dir": str(tmp_path / "run"),
                 "stages": {
-                    "generate-questions": {
-                        "num": 6,
-                        "shard_size": 3,
-                        "engine": {"model": str(model_dir)},
-                        "sampling": {"max_new_tokens": 8},
-                        "progress": False,
-                    },
+                    "generate-questions": tiny_generation(model_dir, num=6),
                     "filter-language": {"progress": False},
                 },
             },

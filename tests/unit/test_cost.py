@@ -11,32 +11,21 @@ from scalequest.cost import cost_markdown, cost_rows
 from scalequest.io import DataError
 
 
-def write_manifest(folder, stage, **fields):
+def write_manifest(run, stage, **fields):
+    """A finished `stage` in the run folder `run`: its folder, named after it, with a manifest of `fields`."""
+    folder = run / stage
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"stage": stage, **fields}))
 
 
+A100 = ["NVIDIA A100"]
+
+
 def test_phases_sum_gpu_hours_and_price(tmp_path):
-    write_manifest(
-        tmp_path / "generate-questions",
-        "generate-questions",
-        rows_out=1000,
-        gpu_hours=2.0,
-        wall_seconds=7200,
-        devices=["NVIDIA A100"],
-    )
-    write_manifest(
-        tmp_path / "filter-language", "filter-language", rows_out=800, gpu_hours=0.0, wall_seconds=10, devices=["cpu"]
-    )
-    write_manifest(
-        tmp_path / "filter-solvability",
-        "filter-solvability",
-        rows_out=600,
-        gpu_hours=1.5,
-        wall_seconds=5400,
-        devices=["NVIDIA A100"],
-    )
-    write_manifest(tmp_path / "qft", "qft", rows_in=256, gpu_hours=0.25, wall_seconds=900, devices=["NVIDIA A100"])
+    write_manifest(tmp_path, "generate-questions", rows_out=1000, gpu_hours=2.0, wall_seconds=7200, devices=A100)
+    write_manifest(tmp_path, "filter-language", rows_out=800, gpu_hours=0.0, wall_seconds=10, devices=["cpu"])
+    write_manifest(tmp_path, "filter-solvability", rows_out=600, gpu_hours=1.5, wall_seconds=5400, devices=A100)
+    write_manifest(tmp_path, "qft", rows_in=256, gpu_hours=0.25, wall_seconds=900, devices=A100)
     (tmp_path / "unfinished").mkdir()  # no manifest: not counted
     rows = cost_rows(tmp_path, price_per_gpu_hour=2.0)
     by_phase = {row["phase"]: row for row in rows}
@@ -55,7 +44,7 @@ def test_phases_sum_gpu_hours_and_price(tmp_path):
 
 
 def test_cost_command_and_errors(tmp_path, capsys):
-    write_manifest(tmp_path / "generate-questions", "generate-questions", rows_out=10, gpu_hours=1.0, wall_seconds=3600)
+    write_manifest(tmp_path, "generate-questions", rows_out=10, gpu_hours=1.0, wall_seconds=3600)
     assert main(["cost", str(tmp_path), "--price", "1.5"]) == 0
     assert "| Question generation | 10 | 1.0000 | 1.50 |" in capsys.readouterr().out
     with pytest.raises(DataError, match="holds no finished stage"):

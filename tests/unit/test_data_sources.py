@@ -4,11 +4,11 @@ here), with field renames; the benchmarks' Hub mappings; model revisions and the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.cli import EXIT_BAD_INPUT, main
@@ -16,12 +16,6 @@ from scalequest.config import BUNDLED_DATA, DataSource, build_config
 from scalequest.io import DataError
 from scalequest.math import BENCHMARKS, benchmark_source, load_benchmark
 from scalequest.stages.filter_language import FilterLanguageConfig
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture

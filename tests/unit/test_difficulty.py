@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from conftest import build_tiny_model_dir
+from conftest import build_tiny_model_dir, write_jsonl
 from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.engines import Completion, Engine
@@ -37,11 +37,6 @@ from scalequest.stages.filter_difficulty import (
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 # --- difficulty-label ------------------------------------------------------------------------------
@@ -149,6 +144,37 @@ def test_label_other_gold_formats(tmp_path, monkeypatch):
         assert row["fail_rate"] == 0.0, gold_format
 
 
+def test_label_programs_graded_by_their_tests_in_the_sandbox(tmp_path, monkeypatch, sandbox):
+    task = "Write `def inc(x: int) -> int:` returning x + 1."
+    programs = [
+        "```python\ndef inc(x):\n    return x + 1\n```",
+        "```python\ndef inc(x):\n    return x + 2\n```",
+        "No code, sorry.",
+        "```python\ndef inc(x):\n    while True:\n        pass\n```",  # hangs: its test times out
+    ]
+    monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver({task: programs}))
+    rows = [{"question": task, "tests": ["assert inc(1) == 2", "assert inc(-1) == 0"]}]
+    cfg = label_config(
+        tmp_path,
+        input=str(write_jsonl(tmp_path / "tasks.jsonl", rows)),
+        domain="code",
+        answer_field="tests",
+        gold_format="tests",
+        test_timeout=1.0,
+        keep_responses=True,
+    )
+    manifest = run_row_stage(LabelDifficulty, cfg)
+    (row,) = io.load_rows(tmp_path / "labels")
+    assert row["correct"] == 1 and row["fail_rate"] == 0.75
+    assert row["answers"][0] == "def inc(x):\n    return x + 1\n" and row["answers"][2] is None
+    assert manifest["counts"]["no_answer"] == 1
+    prompt_config = cfg.model_copy(update={"gold_format": "gsm8k"})
+    with pytest.raises(ValueError, match="gold_format: tests"):
+        DifficultyLabelConfig(**{**prompt_config.model_dump(), "domain": "code"})
+    with pytest.raises(ValueError, match="set domain: code"):
+        DifficultyLabelConfig(**{**cfg.model_dump(), "domain": "math"})
+
+
 def test_label_limit_takes_the_first_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(difficulty_label, "load_engine", lambda config: CannedSolver(SOLUTIONS))
     manifest = run_row_stage(LabelDifficulty, label_config(tmp_path, limit=2))
@@ -242,21 +268,11 @@ def length_signal_rows(count: int, seed: int = 0) -> list[dict]:
 
 
 def train_config(tmp_path, base: Path, **overrides) -> DifficultyTrainConfig:
-    values = dict(
-        input=write_jsonl(tmp_path / "labels.jsonl", length_signal_rows(160)),
-        output=tmp_path / "regressor",
-        model=str(base),
-        epochs=8,
-        learning_rate=3e-3,
-        lr_scheduler="constant",
-        warmup_ratio=0.0,
-        batch_size=16,
-        eval_fraction=0.25,
-        logging_steps=5,
-        progress=False,
-    )
-    values.update(overrides)
-    return DifficultyTrainConfig(**values)
+    source = write_jsonl(tmp_path / "labels.jsonl", length_signal_rows(160))
+    fields = dict(input=source, output=tmp_path / "regressor", model=str(base), eval_fraction=0.25, progress=False)
+    # A constant, high learning rate for 8 epochs: enough for the tiny model to learn the length signal.
+    schedule = dict(epochs=8, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0, batch_size=16)
+    return DifficultyTrainConfig(**{**fields, **schedule, "logging_steps": 5, **overrides})
 
 
 @pytest.fixture(scope="module")

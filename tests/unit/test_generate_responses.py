@@ -3,11 +3,11 @@ plain prompts, the paper's sampling defaults, provenance carried over; a canned 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest.runner import StageIncomplete, run_row_stage
 from scalequest import io
 from scalequest.engines.base import Completion, Engine, SamplingParams
@@ -49,10 +49,9 @@ class CannedEngine(Engine):
         self.replies = replies
         self.calls: list[tuple[list, SamplingParams]] = []
 
-    @staticmethod
-    def question_of(prompt) -> str:
+    def question_of(self, prompt) -> str:
         text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        return next((q for q in ALL_REPLIES if q in text), text)
+        return next((q for q in {**ALL_REPLIES, **self.replies} if q in text), text)
 
     def generate(self, prompts, params):
         self.calls.append((prompts, params))
@@ -79,12 +78,6 @@ def canned(engine: Engine):
             self.chat = uses_chat_template(engine, self.config.engine, self.config.prompt_format)
 
     return Canned
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def config(source: Path, output: Path, model_dir: Path, **overrides) -> GenerateResponsesConfig:
@@ -200,3 +193,70 @@ def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):
     for index, shard_questions in enumerate([{"q0", "q1"}, {"q2"}]):
         rows = list(io.read_file(io.shard_path(tmp_path / "out", index)))
         assert {r["question_id"] for r in rows} <= shard_questions
+
+
+CODE_QUESTION = (
+    "Write `def double(x: int) -> int:` returning twice x.\n\n"
+    "```python\nassert double(2) == 4\nassert double(0) == 0\n```"
+)
+CODE_REPLIES = {
+    CODE_QUESTION: [
+        "Twice x:\n```python\ndef double(x):\n    return 2 * x\n```\nCheck:\n`assert double(5) == 10`",
+        "```python\ndef double(x):\n    return x + 2\n```\nassert double(5) == 7",
+        "I would multiply by two.",  # no code block
+        "```python\ndef double(x)\n    return 2 * x\n```",  # does not parse
+        "```python\ndef double(x):\n    while x == 0:\n        pass\n    return 2 * x\n```",  # hangs on a test
+    ]
+}
+
+
+def test_code_responses_programs_extracted_and_bad_ones_counted(tmp_path, tiny_model_dir):
+    source = write_jsonl(tmp_path / "questions.jsonl", [{"id": "c0", "question": CODE_QUESTION}])
+    engine = CannedEngine(CODE_REPLIES)
+    cfg = config(source, tmp_path / "out", tiny_model_dir, domain="code", sampling={"n": 5})
+    manifest = run_row_stage(canned(engine), cfg)
+    rows = io.load_rows(tmp_path / "out")
+    assert [r["id"] for r in rows] == ["c0-r0", "c0-r1", "c0-r4"]
+    assert rows[0]["program"] == "def double(x):\n    return 2 * x\n" and "answer" not in rows[0]
+    assert manifest["dropped"] == {"no_code": 1, "syntax": 1}
+    prompt = engine.calls[0][0][0][-1]["content"]
+    assert "```python" in prompt and "\\boxed" not in prompt  # the code solver's instruction
+    assert sorted(r["reason"] for r in io.read_removed(tmp_path / "out")) == ["no_code", "syntax"]
+
+
+def test_code_responses_executed_on_stated_and_written_tests(tmp_path, tiny_model_dir, sandbox):
+    source = write_jsonl(tmp_path / "questions.jsonl", [{"id": "c0", "question": CODE_QUESTION}])
+    cfg = config(
+        source, tmp_path / "out", tiny_model_dir, domain="code", sampling={"n": 5}, execute=True, test_timeout=1.0
+    )
+    manifest = run_row_stage(canned(CannedEngine(CODE_REPLIES)), cfg)
+    rows = io.load_rows(tmp_path / "out")
+    # r1 fails double(0) == 0 and r4 hangs on it: both fail a stated test and are removed.
+    assert [r["id"] for r in rows] == ["c0-r0"]
+    (row,) = rows
+    assert (row["tests_stated"], row["tests_stated_passed"], row["tests_total"]) == (2, 2, 4)
+    assert row["tests_passed"] == 3  # its own double(5) == 10, not the other response's double(5) == 7
+    assert row["sample_correct"] is True and 0 < row["codet_score"] <= 1
+    assert manifest["dropped"] == {"no_code": 1, "syntax": 1, "failed_tests": 2}
+    assert manifest["counts"]["program_ok"] == 3
+
+
+def test_code_responses_keep_failing_keeps_and_grades_them(tmp_path, tiny_model_dir, sandbox):
+    source = write_jsonl(tmp_path / "questions.jsonl", [{"id": "c0", "question": CODE_QUESTION}])
+    cfg = config(
+        source,
+        tmp_path / "out",
+        tiny_model_dir,
+        domain="code",
+        sampling={"n": 5},
+        execute=True,
+        keep_failing=True,
+        test_timeout=1.0,
+    )
+    run_row_stage(canned(CannedEngine(CODE_REPLIES)), cfg)
+    rows = io.load_rows(tmp_path / "out")
+    assert [(r["id"], r["sample_correct"], r["tests_stated_passed"]) for r in rows] == [
+        ("c0-r0", True, 2),
+        ("c0-r1", False, 1),  # x + 2 is right for x = 2 only
+        ("c0-r4", False, 1),
+    ]

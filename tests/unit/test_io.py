@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest import io
 from scalequest.io import DataError, atomic_write_text, input_files, input_fingerprint, read_rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def write_parquet(path: Path, rows: list[dict]) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_generation
 from scalequest import io
 from scalequest.stages.generate_questions import GenerateQuestionsConfig, id_prefix
 
@@ -144,13 +145,7 @@ def test_sigkill_in_the_middle_of_run_then_rerun_gives_the_same_final_ids(tmp_pa
                 {
                     "output_dir": str(output_dir),
                     "stages": {
-                        "generate-questions": {
-                            "num": 12,
-                            "shard_size": 2,
-                            "engine": {"model": str(tiny_model_dir)},
-                            "sampling": {"max_new_tokens": 12},
-                            "progress": False,
-                        },
+                        "generate-questions": tiny_generation(tiny_model_dir, num=12, shard_size=2, max_new_tokens=12),
                         "filter-language": {"ascii_only": False, "progress": False},
                     },
                 }

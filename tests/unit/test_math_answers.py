@@ -20,15 +20,6 @@ TIMEOUT = 2.0
 SLACK = 3.0
 
 
-@pytest.fixture(scope="module")
-def benchmarks_dir() -> Path:
-    # The shared data sits next to the repository: <repo>/../shared/data.
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
-    if not path.is_dir():
-        pytest.skip(f"shared benchmark data not found at {path}")
-    return path
-
-
 # ----------------------------------------------------------------------------------------------
 # extract_answer
 # ----------------------------------------------------------------------------------------------
@@ -135,14 +126,16 @@ NOT_EQUIVALENT = [
 ]
 
 
-@pytest.mark.parametrize(("predicted", "gold"), EQUIVALENT)
-def test_equivalent_pairs(predicted: str, gold: str) -> None:
-    assert answers_match(predicted, gold)
+def labelled(pairs: list[tuple[str, str]], expected: bool) -> list[tuple[str, str, bool]]:
+    """(predicted, gold) pairs with the verdict they must get, so one test checks both lists of pairs."""
+    return [(predicted, gold, expected) for predicted, gold in pairs]
 
 
-@pytest.mark.parametrize(("predicted", "gold"), NOT_EQUIVALENT)
-def test_non_equivalent_pairs(predicted: str, gold: str) -> None:
-    assert not answers_match(predicted, gold)
+@pytest.mark.parametrize(
+    ("predicted", "gold", "expected"), labelled(EQUIVALENT, True) + labelled(NOT_EQUIVALENT, False)
+)
+def test_answers_match_pairs(predicted: str, gold: str, expected: bool) -> None:
+    assert answers_match(predicted, gold) is expected
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,14 +213,11 @@ BEYOND_NOT_EQUIVALENT = [
 ]
 
 
-@pytest.mark.parametrize(("predicted", "gold"), BEYOND_EQUIVALENT)
-def test_beyond_math_verify_equivalent(predicted: str, gold: str) -> None:
-    assert grade(predicted, gold) == GradeResult(correct=True, timed_out=False, decided=True)
-
-
-@pytest.mark.parametrize(("predicted", "gold"), BEYOND_NOT_EQUIVALENT)
-def test_beyond_math_verify_not_equivalent(predicted: str, gold: str) -> None:
-    assert grade(predicted, gold) == GradeResult(correct=False, timed_out=False, decided=True)
+@pytest.mark.parametrize(
+    ("predicted", "gold", "correct"), labelled(BEYOND_EQUIVALENT, True) + labelled(BEYOND_NOT_EQUIVALENT, False)
+)
+def test_beyond_math_verify(predicted: str, gold: str, correct: bool) -> None:
+    assert grade(predicted, gold) == GradeResult(correct=correct, timed_out=False, decided=True)
 
 
 def test_rules_report_what_they_cannot_decide() -> None:
@@ -328,9 +318,15 @@ def _report_and_score(name: str, pairs: list[tuple[str | None, str]]) -> float:
     return score
 
 
+def source_rows(benchmarks_dir: Path, name: str) -> list[dict]:
+    """The benchmark's test file as it is on disk, before load_benchmark reads it."""
+    text = (benchmarks_dir / f"{name}_test.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def test_gsm8k_reference_solutions_grade_correct(benchmarks_dir: Path) -> None:
     rows = load_benchmark("gsm8k", data_dir=benchmarks_dir)
-    raw = [json.loads(line) for line in (benchmarks_dir / "gsm8k_test.jsonl").read_text().splitlines() if line.strip()]
+    raw = source_rows(benchmarks_dir, "gsm8k")
     pairs = []
     for row, source in zip(rows, raw):
         # Turn the reference solution into a model-style response ("... The answer is 1,234.") and
@@ -342,8 +338,6 @@ def test_gsm8k_reference_solutions_grade_correct(benchmarks_dir: Path) -> None:
 
 def test_math500_reference_solutions_grade_correct(benchmarks_dir: Path) -> None:
     rows = load_benchmark("math500", data_dir=benchmarks_dir)
-    raw = [
-        json.loads(line) for line in (benchmarks_dir / "math500_test.jsonl").read_text().splitlines() if line.strip()
-    ]
+    raw = source_rows(benchmarks_dir, "math500")
     pairs = [(extract_answer(source["solution"]), row["gold"]) for row, source in zip(rows, raw)]
     assert _report_and_score("math500", pairs) >= 0.99

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest.math import BENCHMARKS, BenchmarkError, load_benchmark
 
 EXPECTED_NAMES = {"gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard", "minerva_math", "aime24", "amc23"}
-
-
-@pytest.fixture(scope="module")
-def benchmarks_dir() -> Path:
-    # The shared data sits next to the repository: <repo>/../shared/data.
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "benchmarks"
-    if not path.is_dir():
-        pytest.skip(f"shared benchmark data not found at {path}")
-    return path
-
-
-def _write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def test_known_names() -> None:
@@ -114,7 +100,7 @@ def test_missing_file_offline_gives_one_clear_line(tmp_path: Path, monkeypatch: 
 
 
 def test_corrupt_line_names_file_and_line(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "amc23_test.jsonl", [{"question": "q", "answer": "1"}])
+    path = write_jsonl(tmp_path / "amc23_test.jsonl", [{"question": "q", "answer": "1"}])
     with path.open("a", encoding="utf-8") as file:
         file.write('{"question": "broken", "answer": \n')
     with pytest.raises(BenchmarkError, match=r"amc23_test\.jsonl, line 2"):
@@ -122,13 +108,13 @@ def test_corrupt_line_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_non_object_line_is_an_error(tmp_path: Path) -> None:
-    _write_jsonl(tmp_path / "amc23_test.jsonl", [[1, 2]])
+    write_jsonl(tmp_path / "amc23_test.jsonl", [[1, 2]])
     with pytest.raises(BenchmarkError, match="line 1"):
         load_benchmark("amc23", data_dir=tmp_path)
 
 
 def test_rows_without_gold_are_skipped_with_a_warning(tmp_path: Path) -> None:
-    _write_jsonl(
+    write_jsonl(
         tmp_path / "minerva_math_test.jsonl",
         [
             {"problem": "one", "solution": "1+1=\\boxed{2}"},
@@ -143,7 +129,7 @@ def test_rows_without_gold_are_skipped_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_olympiadbench_skips_empty_final_answer(tmp_path: Path) -> None:
-    _write_jsonl(
+    write_jsonl(
         tmp_path / "olympiadbench_test.jsonl",
         [
             {"question": "a", "final_answer": ["$69$,$84$"]},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest import io
 from scalequest.cli import main
 from scalequest.pipeline import describe_plan, load_pipeline
@@ -46,11 +47,6 @@ def generated(tmp_path_factory, tiny_model_dir) -> list[Path]:
 def merge(tmp_path: Path, inputs: list, **overrides) -> dict:
     config = MergeConfig(inputs=inputs, output=tmp_path / "merged", progress=False, **overrides)
     return run_row_stage(Merge, config)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def test_two_generators_merge_into_one_dataset(generated, tmp_path):

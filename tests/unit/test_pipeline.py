@@ -154,3 +154,34 @@ def test_cost_rows_follow_the_declared_phases(tmp_path):
     rows = cost.cost_rows(tmp_path, 2.0)
     assert [row["phase"] for row in rows] == ["Question generation", "Question filtering", "Total"]
     assert rows[-1]["cost"] == pytest.approx(3.0)
+
+
+def test_the_pipeline_domain_fills_every_stage_that_has_one(tmp_path):
+    from importlib import resources
+
+    with resources.as_file(resources.files("scalequest") / "configs" / "demo-code.yaml") as demo:
+        _, stages = load_pipeline(demo)
+    stages = dict(stages)
+    assert stages["qpo-data"].domain == "code" and stages["generate-responses"].domain == "code"
+    assert stages["evaluate"].benchmarks == ["humaneval"] and stages["difficulty-label"].gold_format == "tests"
+    assert not hasattr(stages["export"], "domain")
+    # A stage's own setting wins over the pipeline's.
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        json.dumps({"output_dir": str(tmp_path / "run"), "domain": "code", "stages": {"evaluate": {"domain": "math"}}})
+    )
+    ((_, evaluate),) = load_pipeline(path)[1]
+    assert evaluate.domain == "math" and "humaneval" not in evaluate.benchmarks
+    path.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "domain": "code", "stages": {"evaluate": {}}}))
+    assert load_pipeline(path)[1][0][1].benchmarks == ["humaneval", "mbpp"]
+
+
+def test_the_paper_code_recipe_plans():
+    path = Path(__file__).resolve().parents[2] / "configs" / "paper-code" / "scalequest-code.yaml"
+    pipeline, stages = load_pipeline(path)
+    stages = dict(stages)
+    assert pipeline.domain == "code"
+    assert stages["generate-responses"].execute and stages["generate-responses"].domain == "code"
+    assert stages["difficulty-label"].gold_format == "tests"
+    assert stages["evaluate"].benchmarks == ["humaneval", "mbpp"]
+    assert stages["decontaminate"].benchmarks == ["humaneval", "mbpp"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from conftest import sft_input_and_labels, tiny_training_config, write_jsonl
 from scalequest.config import DataSource, engine_config
 from scalequest.engines import SamplingParams
 from scalequest.io import DataError
@@ -24,38 +25,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_questions(path: Path, questions: list[str], field: str = "question") -> Path:
-    path.write_text("".join(json.dumps({field: q, "answer": "8"}) + "\n" for q in questions))
-    return path
+    return write_jsonl(path, [{field: q, "answer": "8"} for q in questions])
 
 
 def config(tmp_path: Path, model: Path, questions: Path, **overrides) -> qft.QFTConfig:
-    values = dict(
-        output=tmp_path / "qft",
-        model=str(model),
-        sources=[{"path": str(questions)}],
-        batch_size=4,
-        logging_steps=1,
-        max_length=64,
-        progress=False,
-    )
-    values.update(overrides)
-    return qft.QFTConfig(**values)
-
-
-def sft_labels(tmp_path: Path, model_dir: Path, tokenizer, dataset) -> tuple[list[int], list[int]]:
-    """What SFTTrainer makes of our dataset: the input ids and the labels it trains on."""
-    from trl import SFTConfig, SFTTrainer
-
-    trainer = SFTTrainer(
-        model=str(model_dir),
-        args=SFTConfig(
-            output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64
-        ),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
-    example = trainer.train_dataset[0]
-    return example["input_ids"], example["labels"]
+    fields = dict(output=tmp_path / "qft", model=str(model), sources=[{"path": str(questions)}], max_length=64)
+    return tiny_training_config(qft.QFTConfig, fields, **overrides)
 
 
 def test_prefix_is_masked_and_end_of_turn_is_trained(tmp_path, tiny_model_dir, tiny_tokenizer):
@@ -63,7 +38,7 @@ def test_prefix_is_masked_and_end_of_turn_is_trained(tmp_path, tiny_model_dir, t
     assert end == tiny_tokenizer.eos_token == "<|im_end|>"
     dataset, too_long = qft.build_dataset([QUESTION], tiny_tokenizer, prefix, end, max_length=64)
     assert too_long == 0
-    input_ids, labels = sft_labels(tmp_path, tiny_model_dir, tiny_tokenizer, dataset)
+    input_ids, labels = sft_input_and_labels(tmp_path, tiny_model_dir, tiny_tokenizer, dataset)
     masked = [t for t, label in zip(input_ids, labels) if label == -100]
     trained = [label for label in labels if label != -100]
     assert tiny_tokenizer.decode(masked) == prefix
@@ -86,7 +61,7 @@ def test_bos_in_template_and_end_of_turn_that_is_not_eos(tmp_path, tiny_model_di
     prefix, end = pre_query_prefix(tokenizer), end_of_turn(tokenizer)
     assert (prefix, end) == ("<|im_start|>User: ", "\n\nAssistant:")
     dataset, _ = qft.build_dataset([QUESTION], tokenizer, prefix, end, max_length=64)
-    input_ids, labels = sft_labels(tmp_path, tiny_model_dir, tokenizer, dataset)
+    input_ids, labels = sft_input_and_labels(tmp_path, tiny_model_dir, tokenizer, dataset)
     assert input_ids.count(tokenizer.bos_token_id) == 1 and input_ids[0] == tokenizer.bos_token_id
     # 'User: ' + 'Tom' tokenizes as 'User:' ' Tom'; the prompt stays as generation encodes it, ' ' included.
     prompt_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]

@@ -7,11 +7,11 @@ subclass that answers each rewrite request with a canned reply.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from conftest import tiny_training_config, write_jsonl
 from scalequest import io
 from scalequest.runner import run_row_stage
 from scalequest.engines import Completion, Engine, SamplingParams
@@ -200,26 +200,14 @@ def write_pairs(path: Path, prefix: str, rows: int = 8) -> Path:
         }
         for i in range(rows)
     ]
-    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    return path
+    return write_jsonl(path, pairs)
 
 
 def qpo_config(tmp_path: Path, model_dir: Path, pairs: Path, **overrides) -> qpo.QPOConfig:
-    values = dict(
-        input=pairs,
-        output=tmp_path / "qpo",
-        model=str(model_dir),
-        learning_rate=1e-3,
-        batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
-        epochs=3,
-        logging_steps=1,
-        max_length=128,
-        progress=False,
-    )
-    values.update(overrides)
-    return qpo.QPOConfig(**values)
+    fields = dict(input=pairs, output=tmp_path / "qpo", model=str(model_dir), learning_rate=1e-3, max_length=128)
+    # One optimizer step per batch of 4 pairs and no warmup: 3 epochs of write_pairs' 8 pairs are 6 steps.
+    steps = dict(gradient_accumulation_steps=1, warmup_steps=0, epochs=3)
+    return tiny_training_config(qpo.QPOConfig, {**fields, **steps}, **overrides)
 
 
 def margin(model_dir: Path, prefix: str, chosen: str, rejected: str) -> float:
@@ -276,17 +264,17 @@ def test_dpo_pairs_are_tokenized_like_qft(tmp_path, tiny_model_dir, tiny_tokeniz
 
 def test_no_usable_pair_fails_before_training(tmp_path, tiny_model_dir, tiny_tokenizer):
     prefix = pre_query_prefix(tiny_tokenizer)
-    source = tmp_path / "pairs.jsonl"
-    source.write_text(
-        json.dumps({"prompt": prefix, "chosen": "Same question?", "rejected": "same   question?"})
-        + "\n"
-        + json.dumps({"prompt": prefix, "chosen": "", "rejected": "Another?"})
-        + "\n"
+    source = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": prefix, "chosen": "Same question?", "rejected": "same   question?"},
+            {"prompt": prefix, "chosen": "", "rejected": "Another?"},
+        ],
     )
     with pytest.raises(DataError, match=r"holds no usable preference pair \(1 identical, 1 empty\)"):
         qpo.run(qpo_config(tmp_path, tiny_model_dir, source))
     assert not (tmp_path / "qpo").exists()
-    source.write_text(json.dumps({"prompt": prefix, "chosen": "A?"}) + "\n")
+    write_jsonl(source, [{"prompt": prefix, "chosen": "A?"}])
     with pytest.raises(DataError, match=r"row pairs-0 has no text field 'rejected'"):
         qpo.run(qpo_config(tmp_path, tiny_model_dir, source))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model_dir, build_tiny_tokenizer
+from conftest import VLLM_LLAMA, build_tiny_model_dir, build_tiny_tokenizer, write_jsonl
 from scalequest.runner import run_row_stage
 from scalequest import io
 from scalequest.models import ModelError
@@ -64,12 +64,6 @@ def one_at_a_time(model_dir: Path, chats) -> list[float]:
         with torch.no_grad():
             scores.append(model(**inputs).logits[0][0].item())
     return scores
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def responses(questions: int, per_question: int = 3) -> list[dict]:
@@ -389,26 +383,11 @@ def test_remote_code_get_scores_match_its_own_get_score(remote_code_dir):
 @pytest.mark.slow
 def test_vllm_scores_match_transformers(tmp_path, tiny_tokenizer):
     pytest.importorskip("vllm")
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    # head_dim 32: vLLM's CPU attention rejects conftest's head_dim 8.
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        num_labels=1,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
+    # VLLM_LLAMA: vLLM's CPU attention rejects the head_dim 8 of conftest's default. Untied embeddings, as
+    # LlamaConfig has by default: this test has always scored an untied classifier.
+    build_tiny_model_dir(
+        tmp_path / "model", head="classifier", tokenizer=tiny_tokenizer, **VLLM_LLAMA, tie_word_embeddings=False
     )
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "model")
-    tiny_tokenizer.save_pretrained(tmp_path / "model")
     chats = [conversation(q, r) for q, r in PAIRS]
     expected = ClassifierScorer(RewardModelConfig(model=str(tmp_path / "model"), dtype="float32")).score(chats)
     scorer = load_scorer(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl
 from scalequest import io
 from scalequest.engines import Completion, Engine
 from scalequest.models import ModelError
@@ -34,12 +35,6 @@ from scalequest.stages.reward_train import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 # 12 questions "What is a + b?"; the solver's 4 samples: right, right, wrong, no answer (every third question

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_generate_config, write_jsonl
 from scalequest import io, runner
 from scalequest.io import DataError
 from scalequest.models import ModelError
 from scalequest.stages.filter_language import FilterLanguage, FilterLanguageConfig
-from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, id_prefix
+from scalequest.stages.generate_questions import GenerateQuestions, id_prefix
 
 MANIFEST_KEYS = {
     "stage",
@@ -37,25 +38,6 @@ MANIFEST_KEYS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-def gen_config(output: Path, model_dir: Path, **overrides) -> GenerateQuestionsConfig:
-    values = dict(
-        output=output,
-        num=12,
-        shard_size=3,
-        engine={"model": str(model_dir)},
-        sampling={"max_new_tokens": 8},
-        progress=False,
-    )
-    values.update(overrides)
-    return GenerateQuestionsConfig(**values)
 
 
 def filter_config(source: Path, output: Path, **overrides) -> FilterLanguageConfig:
@@ -96,7 +78,7 @@ class Counting(GenerateQuestions):
 def reference(tmp_path_factory, tiny_model_dir):
     """One uninterrupted generate-questions run: (folder, manifest, rows). Copy it before changing it."""
     out = tmp_path_factory.mktemp("reference") / "gen"
-    manifest = runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir)))
+    manifest = runner.run_stage(GenerateQuestions(tiny_generate_config(out, tiny_model_dir)))
     return out, manifest, io.load_rows(out)
 
 
@@ -114,7 +96,7 @@ def finished(reference, tmp_path) -> Path:
 def test_generate_manifest_fields(reference, tiny_model_dir):
     out, manifest, rows = reference
     assert MANIFEST_KEYS <= set(manifest)
-    config = gen_config(out, tiny_model_dir)
+    config = tiny_generate_config(out, tiny_model_dir)
     assert manifest["stage"] == "generate-questions"
     assert manifest["config"] == config.model_dump(mode="json")
     assert manifest["config_hash"] == config.config_hash()
@@ -168,7 +150,7 @@ def test_filter_manifest_fields_and_manifest_written_last(tmp_path, monkeypatch)
 
 def test_finished_stage_with_same_config_is_skipped(finished, reference, tiny_model_dir):
     before = mtimes(finished)
-    stage = Counting(gen_config(finished, tiny_model_dir))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir))
     manifest = runner.run_stage(stage)
     assert stage.processed == [] and stage.setups == 0
     assert mtimes(finished) == before
@@ -177,7 +159,7 @@ def test_finished_stage_with_same_config_is_skipped(finished, reference, tiny_mo
 
 def test_progress_and_output_do_not_defeat_the_skip(finished, tiny_model_dir):
     before = mtimes(finished)
-    stage = Counting(gen_config(finished, tiny_model_dir, progress=True))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir, progress=True))
     runner.run_stage(stage)
     assert stage.processed == [] and mtimes(finished) == before
 
@@ -185,7 +167,7 @@ def test_progress_and_output_do_not_defeat_the_skip(finished, tiny_model_dir):
 def test_force_redoes_a_finished_stage(finished, reference, tiny_model_dir):
     before = shard_mtimes(finished)
     (finished / "stray.txt").write_text("removed by --force")
-    stage = Counting(gen_config(finished, tiny_model_dir))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir))
     manifest = runner.run_stage(stage, force=True)
     assert stage.processed == [0, 1, 2, 3]
     after = shard_mtimes(finished)
@@ -199,7 +181,7 @@ def test_force_redoes_a_finished_stage(finished, reference, tiny_model_dir):
 def test_other_config_on_finished_shards_needs_force(finished, tiny_model_dir, change):
     before = mtimes(finished)
     with pytest.raises(DataError, match="--force") as err:
-        runner.run_stage(GenerateQuestions(gen_config(finished, tiny_model_dir, **change)))
+        runner.run_stage(GenerateQuestions(tiny_generate_config(finished, tiny_model_dir, **change)))
     assert str(finished) in str(err.value)
     assert mtimes(finished) == before
 
@@ -208,7 +190,7 @@ def test_other_config_on_an_unfinished_run_with_shards_needs_force(finished, tin
     (finished / io.MANIFEST).unlink()
     (finished / "shard-00002.jsonl").unlink()
     with pytest.raises(DataError, match="--force"):
-        runner.run_stage(GenerateQuestions(gen_config(finished, tiny_model_dir, num=13)))
+        runner.run_stage(GenerateQuestions(tiny_generate_config(finished, tiny_model_dir, num=13)))
 
 
 def test_changed_input_data_needs_force(tmp_path):
@@ -238,7 +220,7 @@ def test_generate_into_a_filter_output_is_refused(tmp_path, tiny_model_dir):
     out = tmp_path / "filtered"
     runner.run_stage(FilterLanguage(filter_config(source, out)))
     with pytest.raises(DataError) as err:
-        runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir)))
+        runner.run_stage(GenerateQuestions(tiny_generate_config(out, tiny_model_dir)))
     assert "generate-questions" in str(err.value) and "filter-language" in str(err.value)
 
 
@@ -277,7 +259,7 @@ def test_resume_regenerates_only_the_missing_shard(finished, reference, tiny_mod
     (finished / "shard-00001.jsonl").unlink()
     (finished / io.MANIFEST).unlink()
     before = shard_mtimes(finished)
-    stage = Counting(gen_config(finished, tiny_model_dir))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir))
     manifest = runner.run_stage(stage)
     assert stage.processed == [1] and stage.setups == 1
     after = shard_mtimes(finished)
@@ -300,7 +282,7 @@ def test_an_operational_change_resumes_instead_of_starting_over(finished, refere
     (finished / io.MANIFEST).unlink()
     before = shard_mtimes(finished)
     engine = {"model": str(tiny_model_dir), **change.pop("engine", {})}
-    stage = Counting(gen_config(finished, tiny_model_dir, engine=engine, **change))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir, engine=engine, **change))
     manifest = runner.run_stage(stage)
     assert stage.processed == [1]
     after = shard_mtimes(finished)
@@ -320,7 +302,7 @@ def test_operational_fields_are_listed_in_one_place():
 def test_resume_after_manifest_loss_only_rewrites_the_manifest(finished, reference, tiny_model_dir):
     (finished / io.MANIFEST).unlink()
     before = shard_mtimes(finished)
-    stage = Counting(gen_config(finished, tiny_model_dir))
+    stage = Counting(tiny_generate_config(finished, tiny_model_dir))
     manifest = runner.run_stage(stage)
     assert stage.processed == [] and stage.setups == 0
     assert shard_mtimes(finished) == before
@@ -334,7 +316,7 @@ def test_leftover_temp_files_are_removed_and_never_read(finished, reference, tin
     (finished / ".shard-00001.jsonl.tmp-123").write_text('{"id": "q00000003", "question": "GARBAGE"}\n{"id": "q0')
     (finished / io.STATS_DIR / ".00001.json.tmp-123").write_text('{"rows_in": 99')
     (finished / io.STATS_DIR / "00001.json").write_text(json.dumps({"rows_in": 99}))  # stats without its shard
-    runner.run_stage(GenerateQuestions(gen_config(finished, tiny_model_dir)))
+    runner.run_stage(GenerateQuestions(tiny_generate_config(finished, tiny_model_dir)))
     assert not temp_files(finished)
     rows = io.load_rows(finished)
     assert rows == reference[2]
@@ -378,7 +360,7 @@ def test_missing_field_writes_nothing(tmp_path):
 def test_missing_model_path_writes_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ModelError, match="does-not-exist"):
-        runner.run_stage(GenerateQuestions(gen_config(out, "./does-not-exist")))
+        runner.run_stage(GenerateQuestions(tiny_generate_config(out, "./does-not-exist")))
     assert not out.exists()
 
 
@@ -462,7 +444,7 @@ def test_input_that_is_a_stage_output_with_no_rows_left(tmp_path, caplog):
 
 def test_input_that_is_an_empty_stage_output_finishes_empty(tmp_path, tiny_model_dir, caplog):
     empty = tmp_path / "gen"
-    assert runner.run_stage(GenerateQuestions(gen_config(empty, tiny_model_dir, num=0)))["rows_out"] == 0
+    assert runner.run_stage(GenerateQuestions(tiny_generate_config(empty, tiny_model_dir, num=0)))["rows_out"] == 0
     out = tmp_path / "filtered"
     with caplog.at_level(logging.WARNING, logger="scalequest"):
         manifest = runner.run_stage(FilterLanguage(filter_config(empty, out)))
@@ -476,7 +458,7 @@ def test_input_that_is_an_empty_stage_output_finishes_empty(tmp_path, tiny_model
 
 def test_generate_question_rows(reference, tiny_model_dir):
     folder, manifest, rows = reference
-    prefix = id_prefix(gen_config(folder, tiny_model_dir))
+    prefix = id_prefix(tiny_generate_config(folder, tiny_model_dir))
     assert re.fullmatch(r"q-[0-9a-f]{6}-", prefix) and manifest["id_prefix"] == prefix
     assert [row["id"] for row in rows] == [f"{prefix}{i:08d}" for i in range(12)]
     assert len({row["id"] for row in rows}) == 12
@@ -508,13 +490,15 @@ def test_generate_question_rows(reference, tiny_model_dir):
 
 def test_generate_is_reproducible_and_ids_are_stable(reference, tmp_path, tiny_model_dir):
     out = tmp_path / "again"
-    runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir)))
+    runner.run_stage(GenerateQuestions(tiny_generate_config(out, tiny_model_dir)))
     assert io.load_rows(out) == reference[2]
 
 
 def test_seed_changes_the_text_and_the_ids(reference, tmp_path, tiny_model_dir):
     out = tmp_path / "seed1"
-    runner.run_stage(GenerateQuestions(gen_config(out, tiny_model_dir, sampling={"max_new_tokens": 8, "seed": 1})))
+    runner.run_stage(
+        GenerateQuestions(tiny_generate_config(out, tiny_model_dir, sampling={"max_new_tokens": 8, "seed": 1}))
+    )
     rows = io.load_rows(out)
     assert not {row["id"] for row in rows} & {row["id"] for row in reference[2]}  # another run: disjoint ids
     assert [row["id"][-8:] for row in rows] == [row["id"][-8:] for row in reference[2]]
@@ -524,7 +508,7 @@ def test_seed_changes_the_text_and_the_ids(reference, tmp_path, tiny_model_dir):
 
 def test_generate_last_shard_is_short(tmp_path, tiny_model_dir):
     out = tmp_path / "odd"
-    config = gen_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2})
+    config = tiny_generate_config(out, tiny_model_dir, num=5, shard_size=2, sampling={"max_new_tokens": 2})
     manifest = runner.run_stage(GenerateQuestions(config))
     assert sorted(p.name for p in out.glob("shard-*.jsonl")) == [f"shard-0000{i}.jsonl" for i in range(3)]
     assert [row["id"] for row in io.load_rows(out)] == [f"{id_prefix(config)}{i:08d}" for i in range(5)]
@@ -532,7 +516,9 @@ def test_generate_last_shard_is_short(tmp_path, tiny_model_dir):
 
 
 def test_generate_with_n_samples_per_prompt_keeps_every_sample(tmp_path, tiny_model_dir):
-    config = gen_config(tmp_path / "q", tiny_model_dir, num=7, shard_size=7, sampling={"max_new_tokens": 6, "n": 3})
+    config = tiny_generate_config(
+        tmp_path / "q", tiny_model_dir, num=7, shard_size=7, sampling={"max_new_tokens": 6, "n": 3}
+    )
     manifest = runner.run_stage(GenerateQuestions(config))
     rows = io.load_rows(tmp_path / "q")
     assert [r["id"] for r in rows] == [f"{id_prefix(config)}{i:08d}" for i in range(7)]
@@ -624,14 +610,14 @@ def test_a_retrained_model_is_noticed(tiny_model_dir, tmp_path):
     (model / io.CONFIG).write_text("stage: qpo\n")
     (model / io.MANIFEST).write_text('{"finished_at": "first"}')
     out = tmp_path / "gen"
-    runner.run_stage(GenerateQuestions(gen_config(out, model, num=3)))
-    stage = Counting(gen_config(out, model, num=3))
+    runner.run_stage(GenerateQuestions(tiny_generate_config(out, model, num=3)))
+    stage = Counting(tiny_generate_config(out, model, num=3))
     runner.run_stage(stage)
     assert stage.processed == []  # same model: already finished
     (model / io.MANIFEST).write_text('{"finished_at": "second"}')
     with pytest.raises(io.DataError, match="another config, input or model"):
-        runner.run_stage(Counting(gen_config(out, model, num=3)))
-    again = Counting(gen_config(out, model, num=3))
+        runner.run_stage(Counting(tiny_generate_config(out, model, num=3)))
+    again = Counting(tiny_generate_config(out, model, num=3))
     runner.run_stage(again, force=True)
     assert again.processed == [0]
 
@@ -733,7 +719,7 @@ def test_each_stage_logs_to_log_txt_and_a_resume_adds_to_it(finished, reference,
     assert first[-1].startswith("generate-questions: finished: 12 rows in -> 12 out, 0 removed, ")
     (finished / "shard-00001.jsonl").unlink()
     (finished / io.MANIFEST).unlink()
-    runner.run_stage(GenerateQuestions(gen_config(finished, tiny_model_dir)))
+    runner.run_stage(GenerateQuestions(tiny_generate_config(finished, tiny_model_dir)))
     assert io.load_rows(finished) == reference[2]  # log.txt is no data
     again = log_lines(finished)
     assert again[: len(first)] == first  # appended to

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model_dir, build_tiny_tokenizer
+from conftest import build_tiny_model_dir, build_tiny_tokenizer, save_random_model, tiny_token_ids
 from scalequest.models import ModelError
 from scalequest.scorers.base import conversation, render_ids
 from scalequest.scorers.sequence_classification import (
@@ -107,26 +107,12 @@ def test_texts_are_truncated_to_max_length_and_to_the_models_positions(classifie
 @pytest.fixture(scope="module")
 def short_classifier_dir(tmp_path_factory) -> Path:
     """A tiny GPT-2 classifier with 16 learned positions: an input beyond them fails its position lookup."""
-    import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     tokenizer = build_tiny_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=16,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        num_labels=1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(3)
+    config = GPT2Config(n_positions=16, n_embd=32, n_layer=2, n_head=4, num_labels=1, **tiny_token_ids(tokenizer))
     path = tmp_path_factory.mktemp("tiny-gpt2") / "model"
-    GPT2ForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(path, GPT2ForSequenceClassification, config, tokenizer, seed=3)
 
 
 def test_a_short_context_model_scores_inputs_cut_to_its_positions(short_classifier_dir, caplog):

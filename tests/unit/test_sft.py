@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import sft_input_and_labels, tiny_training_config, write_jsonl
 from scalequest.config import engine_config
 from scalequest.engines import SamplingParams
 from scalequest.engines.hf import HFEngine
@@ -18,24 +19,13 @@ def write_pairs(path, n=16):
         {"query": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}. The answer is \\boxed{{{2 * i}}}."}
         for i in range(n)
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(path, rows)
 
 
 def config(tmp_path, model, **overrides):
-    values = dict(
-        input=write_pairs(tmp_path / "pairs.jsonl"),
-        output=tmp_path / "sft",
-        model=str(model),
-        epochs=4,
-        learning_rate=1e-2,
-        batch_size=4,
-        logging_steps=1,
-        max_length=64,
-        progress=False,
-    )
-    values.update(overrides)
-    return sft.SFTStageConfig(**values)
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    fields = dict(input=pairs, output=tmp_path / "sft", model=str(model), epochs=4, learning_rate=1e-2, max_length=64)
+    return tiny_training_config(sft.SFTStageConfig, fields, **overrides)
 
 
 def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
@@ -55,22 +45,13 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
 
 def test_sft_masks_the_prompt(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     cfg = config(tmp_path, tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     dataset = sft.build_dataset(cfg, tokenizer)
-    trainer = SFTTrainer(
-        model=str(tiny_model_dir),
-        args=SFTConfig(
-            output_dir=str(tmp_path / "x"), report_to="none", bf16=False, completion_only_loss=True, max_length=64
-        ),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
-    example = trainer.train_dataset[0]
-    masked = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == -100])
-    trained = tokenizer.decode([label for label in example["labels"] if label != -100])
+    input_ids, labels = sft_input_and_labels(tmp_path, tiny_model_dir, tokenizer, dataset)
+    masked = tokenizer.decode([t for t, label in zip(input_ids, labels) if label == -100])
+    trained = tokenizer.decode([label for label in labels if label != -100])
     assert "What is 0 plus 0?" in masked and "boxed" not in masked
     assert "The answer is" in trained and "What is" not in trained
     assert trained.rstrip().endswith("<|im_end|>")  # the end of the turn is learned too

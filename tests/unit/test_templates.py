@@ -145,56 +145,51 @@ def make_tokenizer(
 class Family:
     name: str
     template: str
-    bos: str | None
     eos: str
-    specials: tuple[str, ...]
     prefix: str  # expected pre_query_prefix without a system prompt
     system_prefix: str | None  # expected with SYSTEM; None: the template rejects system turns
     end_of_turn: str
     stops: list[str]
+    bos: str | None = None
+    specials: tuple[str, ...] = ()
     # The one-user-message render without a generation prompt also starts with prefix+question+eot
     # (False for DeepSeek, whose end-of-turn marker only appears with the generation prompt).
     eot_in_plain_render: bool = True
-    stop_ids_count: int = 0  # how many of the stops are single special tokens
+    stop_ids_count: int | None = None  # how many of the stops are single special tokens; None: all of them
+
+
+def chatml_family(name: str, template: str, **fields) -> Family:
+    """A ChatML family: a turn ends with <|im_end|>, and SYSTEM stands in a system turn of its own."""
+    system_prefix = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+    return Family(name=name, template=template, system_prefix=system_prefix, end_of_turn="<|im_end|>", **fields)
 
 
 FAMILIES = [
-    Family(
-        name="qwen2",
-        template=QWEN2,
-        bos=None,
+    chatml_family(
+        "qwen2",
+        QWEN2,
         eos="<|im_end|>",
         specials=("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
         prefix="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-        system_prefix="<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n",
-        end_of_turn="<|im_end|>",
         stops=["<|im_end|>"],
-        stop_ids_count=1,
     ),
-    Family(
-        name="smollm2",
-        template=SMOLLM2,
+    chatml_family(
+        "smollm2",
+        SMOLLM2,
         bos="<|im_start|>",  # SmolLM2's BOS really is <|im_start|>: adding it again would corrupt the prompt
         eos="<|im_end|>",
         specials=("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
         prefix="<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
         "<|im_start|>user\n",
-        system_prefix="<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n",
-        end_of_turn="<|im_end|>",
         stops=["<|im_end|>"],
-        stop_ids_count=1,
     ),
-    Family(
-        name="chatml",
-        template=CHATML,
-        bos=None,
+    chatml_family(
+        "chatml",
+        CHATML,
         eos="<|endoftext|>",
         specials=("<|im_start|>", "<|im_end|>"),
         prefix="<|im_start|>user\n",
-        system_prefix="<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n",
-        end_of_turn="<|im_end|>",
         stops=["<|im_end|>", "<|endoftext|>"],
-        stop_ids_count=2,
     ),
     Family(
         name="llama3",
@@ -207,14 +202,12 @@ FAMILIES = [
         "<|start_header_id|>user<|end_header_id|>\n\n",
         end_of_turn="<|eot_id|>",
         stops=["<|eot_id|>"],
-        stop_ids_count=1,
     ),
     Family(
         name="deepseek",
         template=DEEPSEEK,
         bos="<｜begin▁of▁sentence｜>",
         eos="<｜end▁of▁sentence｜>",
-        specials=(),
         prefix="<｜begin▁of▁sentence｜>User: ",
         system_prefix="<｜begin▁of▁sentence｜>Be brief.\n\nUser: ",
         end_of_turn="\n\nAssistant:",
@@ -232,7 +225,6 @@ FAMILIES = [
         system_prefix=None,
         end_of_turn="<end_of_turn>",
         stops=["<end_of_turn>", "<eos>"],
-        stop_ids_count=2,
     ),
     Family(
         name="mistral",
@@ -256,7 +248,6 @@ FAMILIES = [
         system_prefix="<|system|>\nBe brief.<|end|>\n<|user|>\n",
         end_of_turn="<|end|>",
         stops=["<|end|>", "<|endoftext|>"],
-        stop_ids_count=2,
     ),
 ]
 
@@ -303,7 +294,7 @@ def test_training_text_matches_template_render(family: Family, system: str | Non
 def test_stop_token_ids_are_the_single_token_stops(family: Family) -> None:
     tok = family_tokenizer(family)
     ids = stop_token_ids(tok)
-    assert len(ids) == family.stop_ids_count
+    assert len(ids) == (len(family.stops) if family.stop_ids_count is None else family.stop_ids_count)
     assert all(tok.convert_ids_to_tokens(i) in family.stops for i in ids)
 
 

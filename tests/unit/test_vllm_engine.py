@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from conftest import VLLM_LLAMA, build_tiny_model_dir  # noqa: E402
 from scalequest.config import engine_config  # noqa: E402
 from scalequest.engines.base import SamplingParams  # noqa: E402
 from scalequest.engines.hf import HFEngine  # noqa: E402
@@ -26,35 +27,10 @@ CHAT = [
 ]
 
 
-def build_vllm_tiny_model_dir(path: Path, tokenizer) -> Path:
-    """Like conftest's tiny Llama, but with head_dim 32: the CPU attention backend of vLLM only supports
-    head sizes 32, 64, 80, ... and rejects conftest's head_dim 8 ("Unsupported CPU attention
-    configuration: head_dim=8")."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    return build_vllm_tiny_model_dir(tmp_path_factory.mktemp("tiny-vllm"), tiny_tokenizer)
+    # VLLM_LLAMA: vLLM's CPU attention backend rejects the head_dim 8 of conftest's default tiny Llama.
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-vllm"), tokenizer=tiny_tokenizer, **VLLM_LLAMA)
 
 
 @pytest.fixture(scope="module")

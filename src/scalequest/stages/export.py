@@ -58,11 +58,15 @@ REPORT_DIR = "report"  # `scalequest report`'s figures, pushed with the data (sc
 COLUMN_MEANINGS = {
     "id": "row id (the question's id)",
     "query": "the synthesized question",
-    "response": "the selected solution, final answer in \\boxed{}",
+    "response": "the selected solution (math: final answer in \\boxed{}; code: one fenced Python block)",
     "question_id": "id of the question in the generate-questions output",
     "generator": "model that wrote the question",
     "solver": "model that wrote the response",
     "answer": "final answer extracted from the response",
+    "program": "the Python program extracted from the response (code)",
+    "tests_passed": "tests the program passed, of tests_total: the question's asserts and the responses' own (code)",
+    "tests_total": "tests the program ran on (code)",
+    "codet_score": "agreement of the program's test results with the question's other responses, CodeT (code)",
     "reward_score": "reward model score of the response (highest of its question's responses)",
     "reward_model": "model that scored the responses",
     "difficulty": "predicted difficulty of the question",
@@ -78,7 +82,19 @@ class ExportConfig(RowStageConfig):
     question_field: str = Field("question", description="Input field exported as `query`.")
     response_field: str = Field("response", description="Input field exported as `response`.")
     columns: list[str] = Field(
-        ["question_id", "generator", "solver", "answer", "reward_score", "reward_model", "difficulty"],
+        [
+            "question_id",
+            "generator",
+            "solver",
+            "answer",
+            "program",
+            "tests_passed",
+            "tests_total",
+            "codet_score",
+            "reward_score",
+            "reward_model",
+            "difficulty",
+        ],
         description="Provenance columns exported after query and response, each only when some row has it.",
     )
     stage_folders: list[Path] | None = Field(

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from scalequest.config import EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
+from scalequest.config import DomainChoice, EngineConfig, HFEngineConfig, RowStageConfig, sampling_config
 from scalequest.engines import load_engine
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.templates import uses_chat_template
@@ -35,12 +35,28 @@ need is stated, that its conditions do not contradict each other, and that it as
 
 Explain your reasoning briefly. Then write your verdict alone on the last line: Yes if both hold, No if either fails."""
 
+CODE_JUDGE_PROMPT = """You are a programming teacher reviewing a task that a student wrote.
+
+Task:
+{question}
+
+Decide two things.
+1. Is this a programming task that asks for a Python function (rather than an essay, a math exercise with no code, \
+advice or a chat)?
+2. Can it be solved from the information it gives, and only that? Think through a solution: check that the \
+function's name, arguments and return value are clear, that the input and output format is stated, and that any \
+examples agree with the description.
+
+Explain your reasoning briefly. Then write your verdict alone on the last line: Yes if both hold, No if either fails."""
+
+JUDGE_PROMPTS = {"math": JUDGE_PROMPT, "code": CODE_JUDGE_PROMPT}
+
 Verdict = Literal["yes", "no", "undecided"]
 
 JudgeSampling = sampling_config("JudgeSampling", temperature=0.0, top_p=1.0, max_new_tokens=2048)
 
 
-class FilterSolvabilityConfig(RowStageConfig):
+class FilterSolvabilityConfig(DomainChoice, RowStageConfig):
     """Keep the questions a judge model finds solvable (its final verdict is Yes)."""
 
     stage = "filter-solvability"
@@ -108,8 +124,8 @@ def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return matches[-1] if matches else None
 
 
-def judge_prompt(question: str) -> str:
-    return JUDGE_PROMPT.format(question=question.strip())
+def judge_prompt(question: str, domain: str = "math") -> str:
+    return JUDGE_PROMPTS[domain].format(question=question.strip())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,7 +144,7 @@ class FilterSolvability(RowStage):
         self.chat = uses_chat_template(self.engine, self.config.engine, self.config.prompt_format)
 
     def prompt(self, question: str):
-        text = judge_prompt(question)
+        text = judge_prompt(question, self.config.domain)
         return [{"role": "user", "content": text}] if self.chat else text
 
     def process(self, shard: Shard) -> ShardResult:
@@ -165,4 +181,4 @@ class FilterSolvability(RowStage):
         self.engine.close()
 
     def finalize(self) -> dict:
-        return {"judge": self.config.engine.model, "judge_prompt": JUDGE_PROMPT}
+        return {"judge": self.config.engine.model, "judge_prompt": JUDGE_PROMPTS[self.config.domain]}

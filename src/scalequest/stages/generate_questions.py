@@ -21,6 +21,7 @@ from pydantic import Field
 from scalequest.config import (
     EngineConfig,
     HFEngineConfig,
+    Section,
     ShardedStageConfig,
     sampling_config,
     without_operational,
@@ -34,23 +35,31 @@ from scalequest.templates import pre_query_prefix, stop_strings
 QuestionSampling = sampling_config("QuestionSampling", temperature=1.0, top_p=0.99, max_new_tokens=512)
 
 
-class GenerateQuestionsConfig(ShardedStageConfig):
+class QuestionPrompt(Section):
+    """The prompt and sampling of question generation, shared by generate-questions and qpo-data (which samples
+    its questions exactly as generate-questions does)."""
+
+    sampling: QuestionSampling = Field(
+        default_factory=QuestionSampling,
+        description="Question sampling (paper: temperature 1.0, top_p 0.99, 512 new tokens).",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="Optional system turn placed before the user turn (steers a model not yet question-tuned; for a "
+        "QFT model it must match what QFT trained with).",
+    )
+    pre_query_prefix: str | None = Field(
+        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
+    )
+
+
+class GenerateQuestionsConfig(QuestionPrompt, ShardedStageConfig):
     """Sample questions from scratch: the prompt is only the chat template's opening of a user turn."""
 
     stage = "generate-questions"
 
     num: int = Field(1000, ge=0, description="Questions to sample (the paper: 1M per generator).")
     engine: EngineConfig = Field(default_factory=HFEngineConfig, description="The question generator.")
-    sampling: QuestionSampling = Field(
-        default_factory=QuestionSampling,
-        description="Sampling parameters (paper: temperature 1.0, top_p 0.99, 512 new tokens).",
-    )
-    system_prompt: str | None = Field(
-        None, description="Optional system turn placed before the user turn (steers a model not yet question-tuned)."
-    )
-    pre_query_prefix: str | None = Field(
-        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
-    )
 
 
 def id_prefix(config: GenerateQuestionsConfig) -> str:

@@ -9,6 +9,13 @@ state a final answer; reward-select then picks the best one.
 Output: one row per (question, response), ids `{question_id}-r{sample_index}`. Shard i of the questions
 becomes shard i of the responses, so all responses of a question stay together in one shard (reward-select
 relies on that).
+
+For programming questions (domain code) the solver is asked for one Python function in a fenced block; a
+response without one, or whose program does not parse, is removed (`no_code`, `syntax`). With `execute` on,
+every program runs in the sandbox (scalequest.code) on the tests the question states as `assert` lines plus
+the asserts the n responses write themselves, and each row records how many it passed and its CodeT score
+(agreement with the other responses, Chen et al. 2022); a response failing a test the question states is
+removed (`failed_tests`) unless `keep_failing` is set.
 """
 
 from __future__ import annotations
@@ -59,6 +66,19 @@ class GenerateResponsesConfig(SolverPrompt, RowStageConfig):
     shard_size: int = Field(
         1000, ge=1, description="Questions per shard (each gives up to n response rows); the unit of resume."
     )
+    execute: bool = Field(
+        False,
+        description="domain code: run each program in the sandbox on the question's assert lines and the asserts the "
+        "responses write; record tests passed and the CodeT agreement score per row.",
+    )
+    keep_failing: bool = Field(
+        False, description="domain code with execute: keep responses that fail a test stated in the question."
+    )
+    test_timeout: float = Field(5.0, gt=0, description="domain code: seconds allowed per test (and for loading).")
+    test_memory_mb: int = Field(1024, ge=64, description="domain code: memory limit of each program's process.")
+    sandbox_workers: int | None = Field(
+        None, ge=1, description="domain code: programs run at once in the sandbox; default: one per CPU core."
+    )
 
 
 class GenerateResponses(RowStage):
@@ -66,6 +86,12 @@ class GenerateResponses(RowStage):
 
     def required_fields(self) -> tuple[str, ...]:
         return (self.config.question_field,)
+
+    def check(self) -> None:
+        if self.config.domain == "code" and self.config.execute:  # never run model code unconfined
+            from scalequest.code import check_available
+
+            check_available()
 
     def setup(self) -> None:
         config = self.config
@@ -79,29 +105,21 @@ class GenerateResponses(RowStage):
         return {name: value for name, value in row.items() if name not in skip}
 
     def process(self, shard: Shard) -> ShardResult:
-        from scalequest.math import extract_answer
-
-        sampling = self.config.sampling
+        config, sampling = self.config, self.config.sampling
         params = sampling.params(shard_seed(sampling.seed, shard.index), stop=(*sampling.stop, *solve_stops(self.chat)))
-        questions = [row[self.config.question_field] for row in shard.rows]
-        outputs = self.engine.generate([solve_prompt(q, self.chat) for q in questions], params)
+        prompts = [solve_prompt(row[config.question_field], self.chat, config.domain) for row in shard.rows]
         result = ShardResult(rows=[])
-        for index, (row, question, completions) in enumerate(zip(shard.rows, questions, outputs)):
-            if not completions:  # the engine gave up on this prompt for good: pending for a rerun
-                result.fail(row, self.engine.failure(index))
-                continue
-            result.tokens_in += completions[0].prompt_tokens
-            kept = 0
+        for row, completions in result.generated(self.engine, shard.rows, prompts, params):
+            question = row[config.question_field]
+            kept = []
             for sample_index, completion in enumerate(completions):
-                result.tokens_out += completion.completion_tokens
                 result.counts["responses_generated"] += 1
                 result.counts[f"finish_{completion.finish_reason}"] += 1
-                answer = extract_answer(completion.text)
-                if answer is None:
-                    result.remove(row, "no_final_answer", {"response": completion.text, "sample": sample_index})
+                found, reason = self.read_answer(completion.text)
+                if reason is not None:
+                    result.remove(row, reason, {"response": completion.text, "sample": sample_index})
                     continue
-                kept += 1
-                result.keep(
+                kept.append(
                     {
                         **self.carried(row),
                         "id": f"{row['id']}-r{sample_index}",
@@ -109,17 +127,68 @@ class GenerateResponses(RowStage):
                         "question": question,
                         "sample_index": sample_index,
                         "response": completion.text.strip(),
-                        "answer": answer,
+                        **found,
                         "prompt_tokens": completion.prompt_tokens,
                         "completion_tokens": completion.completion_tokens,
                         "finish_reason": completion.finish_reason,
-                        "solver": self.config.engine.model,
-                    },
-                    row,
+                        "solver": config.engine.model,
+                    }
                 )
-            if kept == 0:
+            if config.domain == "code" and config.execute and kept:
+                kept = self.run_tests(row, question, kept, result)
+            for response in kept:
+                result.keep(response, row)
+            if not kept:
                 result.counts["questions_without_answer"] += 1
         return result
+
+    def read_answer(self, text: str) -> tuple[dict, str | None]:
+        """The fields a response adds ({answer} or {program}), or the reason it is removed."""
+        if self.config.domain == "code":
+            from scalequest.code.programs import extract_program, syntax_problem
+
+            program = extract_program(text)
+            if program is None:
+                return {}, "no_code"
+            return {"program": program}, "syntax" if syntax_problem(program) else None
+        from scalequest.math import extract_answer
+
+        answer = extract_answer(text)
+        return {"answer": answer}, "no_final_answer" if answer is None else None
+
+    def run_tests(self, row: dict, question: str, responses: list[dict], result: ShardResult) -> list[dict]:
+        """Run the question's programs on its stated tests and on the ones its responses wrote (CodeT)."""
+        from scalequest.code.programs import asserts_in, codet_scores, run_tests
+
+        config = self.config
+        stated = asserts_in(question)
+        written = [test for r in responses for test in asserts_in(r["response"]) if test not in stated]
+        tests = stated + list(dict.fromkeys(written))
+        runs = run_tests(
+            [r["program"] for r in responses], tests, config.test_timeout, config.test_memory_mb, config.sandbox_workers
+        )
+        scores = codet_scores([run.passed for run in runs])
+        kept = []
+        for response, run, score in zip(responses, runs, scores):
+            passed_stated = sum(run.passed[: len(stated)])
+            response.update(
+                tests_stated=len(stated),
+                tests_stated_passed=passed_stated,
+                tests_total=len(tests),
+                tests_passed=sum(run.passed),
+                codet_score=score,
+                # Passing every stated test is the program's grade (reward-train reads sample_correct).
+                sample_correct=bool(stated) and passed_stated == len(stated),
+            )
+            result.counts[f"program_{run.status}"] += 1
+            if not stated:
+                result.counts["responses_without_stated_tests"] += 1
+            elif passed_stated < len(stated) and not config.keep_failing:
+                evidence = {"response": response["response"], "sample": response["sample_index"]}
+                result.remove(row, "failed_tests", {**evidence, "passed": run.passed[: len(stated)], "tests": stated})
+                continue
+            kept.append(response)
+        return kept
 
     def teardown(self) -> None:
         self.engine.close()

