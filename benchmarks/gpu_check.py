@@ -55,37 +55,20 @@ TARGET_RATIO = 5.0
 
 # The paper's shapes. Qwen2-7B (the generators and the trained model), DeepSeekMath-7B-base (the difficulty
 # regressor), and InternLM2-7B-Reward's dimensions on a Llama classifier (see the docstring).
-QWEN2_7B = dict(
-    hidden_size=3584,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    intermediate_size=18944,
-    vocab_size=152064,
-    max_position_embeddings=32768,
-    rope_theta=1e6,
-    tie_word_embeddings=False,
+SHAPE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "rope_theta",
 )
-INTERNLM2_7B_REWARD = dict(
-    hidden_size=4096,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    intermediate_size=14336,
-    vocab_size=92544,
-    max_position_embeddings=32768,
-    rope_theta=1e6,
-)
-DEEPSEEKMATH_7B = dict(
-    hidden_size=4096,
-    num_hidden_layers=30,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    intermediate_size=11008,
-    vocab_size=102400,
-    max_position_embeddings=4096,
-    rope_theta=1e4,
-)
+# Values in SHAPE_FIELDS order, as the models' config.json files give them.
+QWEN2_7B = {**dict(zip(SHAPE_FIELDS, (3584, 28, 28, 4, 18944, 152064, 32768, 1e6))), "tie_word_embeddings": False}
+INTERNLM2_7B_REWARD = dict(zip(SHAPE_FIELDS, (4096, 32, 32, 8, 14336, 92544, 32768, 1e6)))
+DEEPSEEKMATH_7B = dict(zip(SHAPE_FIELDS, (4096, 30, 32, 32, 11008, 102400, 4096, 1e4)))
 # --tiny: the same code on shapes a CPU runs in seconds.
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
 TINY_VOCAB = 1000

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedEngine(Engine):
-    """Answers each question with canned responses, so grading and the summary can be checked exactly."""
+    """Answers each question with canned responses, so grading and the summary can be checked exactly; None
+    for a question means its request failed."""
 
     def __init__(self, answers: dict[str, list[str]]):
         super().__init__()
@@ -30,11 +31,12 @@ class ScriptedEngine(Engine):
         for prompt in prompts:
             text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
             replies = next(v for k, v in self.answers.items() if k in text)
-            results.append([Completion(r, 10, 4) for r in replies[: params.n]])
+            results.append([] if replies is None else [Completion(r, 10, 4) for r in replies[: params.n]])
         return self._count(results)
 
 
-def run_scripted(tmp_path, shared_data, answers, **overrides):
+def run_scripted(tmp_path, shared_data, answers, judge: Engine | None = None, **overrides):
+    """Run evaluate with a ScriptedEngine answering (and `judge` judging, when given)."""
     values = dict(
         output=tmp_path / "eval",
         benchmarks=["gsm8k", "math500"],
@@ -42,6 +44,7 @@ def run_scripted(tmp_path, shared_data, answers, **overrides):
         data_dir=shared_data / "benchmarks",
         progress=False,
         grading_workers=1,
+        **({"judge": {"model": "embedded"}} if judge is not None else {}),
     )
     values.update(overrides)
     stage = Evaluate(EvaluateConfig(**values))
@@ -49,6 +52,7 @@ def run_scripted(tmp_path, shared_data, answers, **overrides):
 
     def setup():
         stage.engine, stage.chat = engine, values.get("prompt_format", "chat") != "plain"
+        stage.judge, stage.judge_chat = judge, True
 
     stage.setup = setup
     stage.teardown = lambda: None
@@ -140,24 +144,6 @@ def test_bad_benchmark_inputs(tmp_path, shared_data, capsys):
 # --- the LLM judge for answers the rules cannot decide ------------------------------------------------------
 
 
-class CannedJudge(Engine):
-    """A judge that answers from a table: text in the question -> judge output; None means the request failed."""
-
-    def __init__(self, answers: dict[str, str | None]):
-        super().__init__()
-        self.answers = answers
-        self.prompts = []
-
-    def generate(self, prompts, params):
-        self.prompts += prompts
-        results = []
-        for prompt in prompts:
-            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-            reply = next(v for k, v in self.answers.items() if k in text)
-            results.append([] if reply is None else [Completion(reply, 30, 5)])
-        return self._count(results)
-
-
 # Janet and the point are decided by the rules (right); the robe's repeating decimal and p \ominus q are
 # read by no parser, so only those two go to the judge.
 UNDECIDED_ANSWERS = {
@@ -173,26 +159,10 @@ JUDGE_REPLIES = {
 
 
 def run_judged(tmp_path, shared_data, replies, **overrides):
-    values = dict(
-        output=tmp_path / "eval",
-        benchmarks=["gsm8k", "math500"],
-        limit=2,
-        data_dir=shared_data / "benchmarks",
-        progress=False,
-        grading_workers=1,
-        judge={"model": "embedded"},
-    )
-    values.update(overrides)
-    stage = Evaluate(EvaluateConfig(**values))
-    engine, judge = ScriptedEngine(UNDECIDED_ANSWERS), CannedJudge(replies)
-
-    def setup():
-        stage.engine, stage.chat = engine, True
-        stage.judge, stage.judge_chat = judge, True
-
-    stage.setup = setup
-    stage.teardown = lambda: None
-    return run_stage(stage), judge
+    # A judge answers from a table too: text in the question -> its output; None means the request failed.
+    judge = ScriptedEngine({key: None if reply is None else [reply] for key, reply in replies.items()})
+    manifest, _ = run_scripted(tmp_path, shared_data, UNDECIDED_ANSWERS, judge, **overrides)
+    return manifest, judge
 
 
 def read_rows(out):
