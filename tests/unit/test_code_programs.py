@@ -172,7 +172,7 @@ def test_run_tests_correct_wrong_hanging_broken(sandbox: None) -> None:
     assert runs[1].passed == [True, False, False, False]
     assert "AssertionError" in runs[1].test_reasons[1]
     assert runs[2].passed == [True, True, False, True]
-    assert "budget" in runs[2].test_reasons[2]
+    assert "budget" in runs[2].test_reasons[2] and runs[2].test_kinds == [None, None, "timeout", None]
     assert runs[3].passed == [True, False, True, True]
 
 

@@ -239,6 +239,7 @@ def test_code_responses_executed_on_stated_and_written_tests(tmp_path, tiny_mode
     assert row["sample_correct"] is True and 0 < row["codet_score"] <= 1
     assert manifest["dropped"] == {"no_code": 1, "syntax": 1, "failed_tests": 2}
     assert manifest["counts"]["program_ok"] == 3
+    assert manifest["counts"]["tests_timeout"] == 1  # r4's hang on double(0), counted by reason
 
 
 def test_code_responses_keep_failing_keeps_and_grades_them(tmp_path, tiny_model_dir, sandbox):

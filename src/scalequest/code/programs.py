@@ -267,6 +267,8 @@ class TestRun:
     reason: one line on why the program did not load; None when it loaded.
     test_reasons: per test, None when it passed, else one line on why not (e.g. "AssertionError",
         "ran over its 5 s budget"); feedback for a model that repairs its program.
+    test_kinds: per test, None when it passed, else how it failed: "error", "timeout", "memory", "syntax",
+        a sandbox status ("output", "killed") or "not_run".
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -275,6 +277,7 @@ class TestRun:
     passed: list[bool]
     reason: str | None = None
     test_reasons: list[str | None] = field(default_factory=list)
+    test_kinds: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -408,7 +411,8 @@ def run_tests(
     runs = []
     for problem, outcome in zip(problems, outcomes):
         if outcome is None:
-            runs.append(TestRun("syntax", [False] * len(tests), problem, [f"not run: {problem}"] * len(tests)))
+            reasons = [f"not run: {problem}"] * len(tests)
+            runs.append(TestRun("syntax", [False] * len(tests), problem, reasons, [NOT_RUN] * len(tests)))
             continue
         not_loaded = None if outcome.status == "ok" else f"not run: the program did not load ({outcome.reason})"
         reasons = [
@@ -416,7 +420,7 @@ def run_tests(
             for kind, reason in zip(outcome.kinds, outcome.reasons)
         ]
         passed = [kind is None for kind in outcome.kinds]
-        runs.append(TestRun(outcome.status, passed, outcome.reason, reasons))
+        runs.append(TestRun(outcome.status, passed, outcome.reason, reasons, list(outcome.kinds)))
     return runs
 
 

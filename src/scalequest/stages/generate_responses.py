@@ -181,6 +181,7 @@ class GenerateResponses(RowStage):
                 sample_correct=bool(stated) and passed_stated == len(stated),
             )
             result.counts[f"program_{run.status}"] += 1
+            result.counts.update(f"tests_{kind}" for kind in run.test_kinds if kind is not None)  # e.g. tests_timeout
             if not stated:
                 result.counts["responses_without_stated_tests"] += 1
             elif passed_stated < len(stated) and not config.keep_failing:
