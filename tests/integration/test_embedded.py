@@ -115,7 +115,7 @@ def test_code_demo_runs_end_to_end(tmp_path, capsys, monkeypatch, sandbox):
     assert set(manifests) == set(STAGES) - {"merge", "difficulty-train", "filter-difficulty"} | {"evaluate@base"}
     assert manifests["qft"]["input"] == ["bundled:code_tasks_train"]
     labels = load_rows(out / "difficulty-label")
-    assert len(labels) == 8 and all(isinstance(row["gold"], list) for row in labels)
+    assert len(labels) == 16 and all(isinstance(row["gold"], list) for row in labels)
     responses = manifests["generate-responses"]
     assert responses["config"]["domain"] == "code" and responses["counts"]["responses_generated"] >= 1
     for row in load_rows(out / "generate-responses"):  # every kept response holds a program that compiles
