@@ -120,7 +120,8 @@ def _read_mbpp(path: str | None) -> list[dict]:
         raise CodeBenchmarkError(
             f"MBPP: cannot load {hub_id} ({config}, {split}) from the Hugging Face Hub or its cache ({cause}); "
             f"download it once while online (datasets.load_dataset({hub_id!r}, {config!r}, split={split!r})) "
-            "or pass path= a .jsonl/.parquet file with fields prompt, code, test_list, test_imports"
+            "or use a local copy with fields prompt, code, test_list, test_imports: mbpp_test.jsonl in data_dir "
+            "(evaluate, decontaminate) or path= (load_code_benchmark)"
         ) from None
 
 
