@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train.jsonl"
+SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "gsm8k_train.jsonl"
 
 
 def workload_prompts(tokenizer, name: str, num: int) -> list[str]:

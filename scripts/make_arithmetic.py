@@ -1,8 +1,11 @@
-"""Write src/scalequest/data/arithmetic_train.jsonl: 64 one-step arithmetic questions with known answers.
+"""Write src/scalequest/data/arithmetic_train.jsonl and arithmetic_test.jsonl: one-step arithmetic word problems
+with known answers (64 to train on, 100 held out).
 
-The demo labels difficulty with a 135M solver, which fails almost every GSM8K question; these easy questions,
-labelled beside a few GSM8K ones, give fail rates with a spread (some solved, some not), so the regressor and the
-reward model have something to learn. Deterministic: rerunning writes the same file.
+The demo runs offline with nothing beside the clone, and public benchmark files are not copied into this
+repository, so the demo's own data is generated here: questions to fine-tune the question generator on, easy
+questions a 135M solver solves some of the time (difficulty labels with a spread, so the regressor and the reward
+model have something to learn), and a held-out set that `evaluate` and `decontaminate` know as the `arithmetic`
+benchmark. Deterministic: rerunning writes the same files.
 """
 
 import json
@@ -24,18 +27,27 @@ TEMPLATES = [
 ]
 
 
-def main() -> None:
-    rng = random.Random(0)
+def questions(count: int, seed: int, prefix: str) -> list[dict]:
+    rng = random.Random(seed)
     rows = []
-    for number in range(64):
+    for number in range(count):
         template, answer = TEMPLATES[number % len(TEMPLATES)]
         a, b = rng.randint(2, 20), rng.randint(1, 9)
         a = max(a, b + 1)  # no negative answers
         rows.append(
-            {"id": f"arithmetic-{number}", "question": template.format(a=a, b=b), "answer": f"#### {answer(a, b)}"}
+            {"id": f"{prefix}-{number}", "question": template.format(a=a, b=b), "answer": f"#### {answer(a, b)}"}
         )
-    path = Path(__file__).resolve().parents[1] / "src" / "scalequest" / "data" / "arithmetic_train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def main() -> None:
+    data = Path(__file__).resolve().parents[1] / "src" / "scalequest" / "data"
+    train = questions(64, seed=0, prefix="arithmetic")
+    seen = {row["question"] for row in train}
+    # The held-out set leaves out every question the train set has, so evaluation never sees a training question.
+    test = [row for row in questions(200, seed=1, prefix="arithmetic-test") if row["question"] not in seen][:100]
+    for name, rows in (("arithmetic_train", train), ("arithmetic_test", test)):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 
 # Data shipped inside the package (src/scalequest/data, see its README for sources and licenses).
-BUNDLED_DATA = ("gsm8k_train", "gsm8k_test", "math500_test", "arithmetic_train", "code_tasks_train")
+BUNDLED_DATA = ("arithmetic_train", "arithmetic_test", "code_tasks_train")
 
 
 class DataSource(Section):

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from scalequest.config import ConfigError
+from scalequest.config import BUNDLED_DATA, ConfigError
 from scalequest.models import EMBEDDED, EMBEDDED_HUB_ID
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ KNOWN_LICENSES: dict[str, tuple[str, str | None]] = {
     "openai/gsm8k": ("mit", None),
     "DigitalLearningGmbH/MATH-lighteval": ("mit", None),
     "HuggingFaceH4/MATH-500": ("mit", None),
+    # The data bundled with scalequest is its own, written by scripts/ (src/scalequest/data/README.md).
+    **{f"scalequest/{name}": ("apache-2.0", None) for name in BUNDLED_DATA},
 }
 
 

@@ -222,7 +222,7 @@ def load_hub(dataset_id: str, config: str | None, split: str, revision: str | No
         )
         raise DataError(
             f"Hub dataset {dataset_id}: the Hugging Face Hub {reason} ({first_line(err)}); offline, download it where "
-            "there is internet and name the file instead, e.g. input=data.jsonl (or {bundled: gsm8k_train})"
+            "there is internet and name the file instead, e.g. input=data.jsonl (or {bundled: arithmetic_train})"
         ) from None
     except ValueError as err:  # datasets names the valid configs or splits in these messages
         raise DataError(f"Hub dataset {name}: {first_line(err)}") from None

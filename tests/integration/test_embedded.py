@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
     out = Path("demo")
     assert main(["demo", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "Funnel:" in printed and "Sample questions:" in printed and "| gsm8k | 2 |" in printed
+    assert "Funnel:" in printed and "Sample questions:" in printed and "| arithmetic | 2 |" in printed
     manifests = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/manifest.json")}
     assert set(manifests) == {*STAGES, "generate-questions@qft"}  # every declared stage, in one demo
     generated, filtered = manifests["generate-questions"], manifests["filter-language"]
@@ -71,8 +71,8 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys, mo
     assert manifests["export"]["rows_out"] >= 1 and (out / "export" / "README.md").is_file()
     assert len({row["question_id"] for row in exported}) == len(exported)
     assert (out / "sft" / "model.safetensors").is_file()
-    assert manifests["evaluate"]["summary"][0]["source"] == "bundled:gsm8k_test"
-    assert manifests["qft"]["input"] == ["bundled:gsm8k_train"]
+    assert manifests["evaluate"]["summary"][0]["source"] == "bundled:arithmetic_test"
+    assert manifests["qft"]["input"] == ["bundled:arithmetic_train"]
     # A second run finds every stage finished and skips it.
     assert main(["demo", "--output-dir", str(out)]) == 0
     assert (

@@ -43,11 +43,21 @@ def test_bundled_data_is_small_licensed_and_readable():
     files = [io.bundled_file(name) for name in BUNDLED_DATA]
     assert sum(f.stat().st_size for f in files) <= 3 * 1024 * 1024
     readme = (io.BUNDLED_DIR / "README.md").read_text()
-    assert readme.count("MIT") >= 3 and all(name in readme for name in BUNDLED_DATA)
+    assert readme.count("Apache-2.0 (this project)") == len(BUNDLED_DATA) and all(
+        name in readme for name in BUNDLED_DATA
+    )
     rows = {name: list(io.read_rows(DataSource(bundled=name))) for name in BUNDLED_DATA}
-    assert len(rows["gsm8k_train"]) == 1000 and "####" in rows["gsm8k_train"][0]["answer"]
-    assert len(rows["gsm8k_test"]) == 1319 and len(rows["math500_test"]) == 500
-    assert rows["gsm8k_train"][0]["id"] == "gsm8k_train-0"
+    assert len(rows["arithmetic_train"]) == 64 and "####" in rows["arithmetic_train"][0]["answer"]
+    assert len(rows["arithmetic_test"]) == 100 and len(rows["code_tasks_train"]) == 312
+    assert rows["arithmetic_train"][0]["id"] == "arithmetic-0"
+    # The held-out set shares no question with the training set.
+    assert not {r["question"] for r in rows["arithmetic_test"]} & {r["question"] for r in rows["arithmetic_train"]}
+
+
+def test_no_public_benchmark_file_is_copied_into_the_package():
+    shipped = {path.name for path in io.BUNDLED_DIR.glob("*.jsonl")}
+    assert shipped == {f"{name}.jsonl" for name in BUNDLED_DATA}
+    assert not shipped & {spec.file_name for name, spec in BENCHMARKS.items() if name != "arithmetic"}
 
 
 def test_bundled_data_ships_in_the_package_metadata():
@@ -58,7 +68,7 @@ def test_bundled_data_ships_in_the_package_metadata():
 
 
 def test_an_unknown_bundled_name_lists_the_known_ones():
-    with pytest.raises(Exception, match="gsm8k_train"):
+    with pytest.raises(Exception, match="arithmetic_train"):
         DataSource(bundled="gsm9k")
 
 
@@ -114,7 +124,8 @@ def test_the_fingerprint_follows_the_data_and_the_renames(tmp_path):
     assert io.input_fingerprint(DataSource(path=path, fields={"text": "question"})) != plain
     write_jsonl(path, [{"question": "two"}])
     assert io.input_fingerprint(path) != plain
-    assert io.input_fingerprint(DataSource(bundled="gsm8k_test")) == io.input_fingerprint(io.bundled_file("gsm8k_test"))
+    bundled = DataSource(bundled="arithmetic_test")
+    assert io.input_fingerprint(bundled) == io.input_fingerprint(io.bundled_file("arithmetic_test"))
 
 
 # --- Hugging Face datasets ---------------------------------------------------------------------------
@@ -223,13 +234,14 @@ HUB_MAPPINGS = {
 
 
 def test_every_benchmark_names_its_hub_copy():
-    assert set(HUB_MAPPINGS) == set(BENCHMARKS)
+    # Every public benchmark; `arithmetic` is ours, bundled, with no Hub copy.
+    assert set(HUB_MAPPINGS) == set(BENCHMARKS) - {"arithmetic"} and BENCHMARKS["arithmetic"].hub is None
     for name, (hub, config, split, *_) in HUB_MAPPINGS.items():
         spec = BENCHMARKS[name].hub
         assert (spec.hub, spec.config, spec.split) == (hub, config, split), name
 
 
-@pytest.mark.parametrize("name", sorted(set(HUB_MAPPINGS) - {"gsm8k", "math500"}))
+@pytest.mark.parametrize("name", sorted(HUB_MAPPINGS))  # none is bundled: each reads the Hub without a local file
 def test_benchmarks_without_a_local_copy_read_the_hub_with_its_fields(name, fake_hub, monkeypatch, tmp_path):
     monkeypatch.delenv("SCALEQUEST_DATA_DIR", raising=False)
     hub, config, split, row, question, gold = HUB_MAPPINGS[name]
@@ -252,9 +264,9 @@ def test_hub_mappings_of_the_bundled_benchmarks_read_their_rows():
 def test_benchmark_sources_in_order(tmp_path, monkeypatch):
     monkeypatch.delenv("SCALEQUEST_DATA_DIR", raising=False)
     write_jsonl(tmp_path / "aime24_test.jsonl", [{"problem": "Q?", "answer": "1"}])
-    write_jsonl(tmp_path / "gsm8k_test.jsonl", [{"question": "Q?", "answer": "#### 1"}])
-    assert str(benchmark_source("gsm8k", tmp_path)) == "bundled:gsm8k_test"  # bundled first
-    assert len(load_benchmark("gsm8k", tmp_path)) == 1319
+    write_jsonl(tmp_path / "arithmetic_test.jsonl", [{"question": "Q?", "answer": "#### 1"}])
+    assert str(benchmark_source("arithmetic", tmp_path)) == "bundled:arithmetic_test"  # bundled first
+    assert len(load_benchmark("arithmetic", tmp_path)) == 100
     assert benchmark_source("aime24", tmp_path).path == tmp_path / "aime24_test.jsonl"  # then data_dir
     assert benchmark_source("aime24").hub == "HuggingFaceH4/aime_2024"  # then the Hub
     monkeypatch.setenv("SCALEQUEST_DATA_DIR", str(tmp_path))

@@ -82,8 +82,10 @@ def test_rows_and_summary(tmp_path, shared_data):
     summary = {s["benchmark"]: s for s in manifest["summary"]}
     assert summary["gsm8k"]["n"] == 2 and summary["gsm8k"]["accuracy"] == 100.0
     assert summary["average"]["n"] == 4
-    # Which copy was graded: both are bundled with the package, so no data_dir or Hub is needed.
-    assert summary["gsm8k"]["source"] == "bundled:gsm8k_test" and summary["math500"]["source"] == "bundled:math500_test"
+    # Which copy was graded: the files in data_dir (public benchmarks are not bundled).
+    data_dir = shared_data / "benchmarks"
+    assert summary["gsm8k"]["source"] == str(data_dir / "gsm8k_test.jsonl")
+    assert summary["math500"]["source"] == str(data_dir / "math500_test.jsonl")
     saved = json.loads((out / "summary.json").read_text())
     assert saved["benchmarks"] == manifest["summary"]
     assert "| gsm8k | 2 | 100.0 |" in (out / "summary.md").read_text()
@@ -290,4 +292,4 @@ def test_code_benchmark_source_names_the_copy_read(tmp_path):
     assert benchmark_source("mbpp", tmp_path) == "hub:google-research-datasets/mbpp (sanitized, test)"
     (tmp_path / "mbpp_test.jsonl").write_text("")
     assert benchmark_source("mbpp", tmp_path) == str(tmp_path / "mbpp_test.jsonl")
-    assert benchmark_source("gsm8k", None) == "bundled:gsm8k_test"
+    assert benchmark_source("arithmetic", None) == "bundled:arithmetic_test"

@@ -284,7 +284,7 @@ def test_licenses_of_the_models_and_data_used(tmp_path):
         return tmp_path / name, {"stage": name, "config": config, "models": models}
 
     demo = [
-        stage("qft", {"model": "embedded", "sources": [{"bundled": "gsm8k_train"}]}),
+        stage("qft", {"model": "embedded", "sources": [{"hub": "openai/gsm8k", "config": "main"}]}),
         stage(
             "difficulty-label", {"input": {"hub": "openai/gsm8k", "config": "main"}, "engine": {"model": "embedded"}}
         ),

@@ -15,7 +15,12 @@ EXPECTED_NAMES = {"gsm8k", "math500", "college_math", "olympiadbench", "gsm_hard
 
 
 def test_known_names() -> None:
-    assert set(BENCHMARKS) == EXPECTED_NAMES
+    assert set(BENCHMARKS) == EXPECTED_NAMES | {"arithmetic"}  # arithmetic: ours, bundled for the demo
+
+
+def test_the_bundled_arithmetic_benchmark_loads_with_gold() -> None:
+    rows = load_benchmark("arithmetic")
+    assert len(rows) == 100 and rows[0]["id"] == "arithmetic-0" and rows[0]["gold"].isdigit()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMES))

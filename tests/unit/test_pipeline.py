@@ -72,7 +72,7 @@ def test_run_plan_prints_inputs_models_and_outputs_and_runs_nothing(tmp_path, ca
     path = write_pipeline(
         tmp_path / "p.yaml",
         {
-            "qft": {"sources": [{"bundled": "gsm8k_train"}]},
+            "qft": {"sources": [{"bundled": "arithmetic_train"}]},
             "generate-questions": {"num": 4, "engine": {"revision": "v1"}},
             "filter-language": {},
             "evaluate": {"benchmarks": ["gsm8k"]},
@@ -81,7 +81,7 @@ def test_run_plan_prints_inputs_models_and_outputs_and_runs_nothing(tmp_path, ca
     assert main(["run", "--plan", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
-    assert "1. qft (training; Question fine-tuning (QFT))" in out and "sources: bundled:gsm8k_train" in out
+    assert "1. qft (training; Question fine-tuning (QFT))" in out and "sources: bundled:arithmetic_train" in out
     assert f"engine.model: {run / 'qft'} @ v1  <- qft" in out  # wired, and shown as wired
     assert f"input: {run / 'generate-questions'}  <- generate-questions" in out
     assert f"output: {run / 'evaluate'}" in out and "4. evaluate" in out
@@ -93,7 +93,7 @@ def test_two_generators_in_one_pipeline_and_their_merge(tmp_path, capsys):
     path = write_pipeline(
         tmp_path / "p.yaml",
         {
-            "qft": {"sources": [{"bundled": "gsm8k_train"}]},
+            "qft": {"sources": [{"bundled": "arithmetic_train"}]},
             "generate-questions": {"num": 4, "engine": {"model": "org/generator-a"}},
             "generate-questions@b": {"num": 4, "engine": {"model": "${stages.qft.output}"}},
             "merge": {"inputs": ["${stages.generate-questions.output}", "${stages.generate-questions@b.output}"]},

@@ -139,8 +139,8 @@ def test_without_a_token_the_stage_fails_in_one_line_before_any_output(tmp_path,
 def test_a_pipeline_that_pushes_without_a_token_fails_before_its_first_stage(tmp_path, no_token):
     pipeline = tmp_path / "pipeline.yaml"
     stages = {
-        "filter-language": {"input": {"bundled": "gsm8k_test"}},
-        "sft": {"input": {"bundled": "gsm8k_train"}, "push_to_hub": "me/sft"},
+        "filter-language": {"input": {"bundled": "arithmetic_test"}},
+        "sft": {"input": {"bundled": "arithmetic_train"}, "push_to_hub": "me/sft"},
     }
     pipeline.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": stages}))
     with pytest.raises(ConfigError, match="push_to_hub=me/sft needs a Hugging Face token"):

@@ -3,8 +3,9 @@
 `load_benchmark(name)` returns rows `{"id", "benchmark", "question", "gold"}` where `gold` is a string
 ready for `answers_match`. Where the data comes from, in order (`benchmark_source` says which was used):
 
-1. The copy bundled with the package (GSM8K test and MATH500, so evaluation and decontamination work
-   offline on any machine).
+1. The copy bundled with the package, for `arithmetic` only: our own held-out one-step word problems
+   (scripts/make_arithmetic.py), so the demo evaluates and decontaminates offline on any machine. Public
+   benchmark files are not copied into the package.
 2. `{data_dir}/{name}_test.jsonl`. `data_dir` is the argument, else the environment variable
    `SCALEQUEST_DATA_DIR`. A folder that holds a `benchmarks/` subfolder (the data root) works too.
 3. Otherwise the public Hugging Face Hub copy named in `BENCHMARKS` (needs internet or a cached copy).
@@ -127,7 +128,7 @@ class BenchmarkSpec:
     file_name: str  # local JSONL inside the data folder, in the layout evaluation repositories distribute
     question_field: str
     gold: Callable[[dict[str, Any]], str | None]
-    hub: DataSource  # public Hugging Face dataset (id, config, split), for users with internet
+    hub: DataSource | None  # public Hugging Face dataset (id, config, split), for users with internet
     hub_question_field: str | None = None  # where the Hub copy's fields differ from the local file's
     hub_gold: Callable[[dict[str, Any]], str | None] | None = None
     bundled: str | None = None  # name of the copy shipped with the package, if any
@@ -139,14 +140,12 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         "question",
         _gold_gsm8k,
         DataSource(hub="openai/gsm8k", config="main", split="test"),
-        bundled="gsm8k_test",
     ),
     "math500": BenchmarkSpec(
         "math500_test.jsonl",
         "problem",
         _gold_field("answer"),
         DataSource(hub="HuggingFaceH4/MATH-500", split="test"),
-        bundled="math500_test",
     ),
     "college_math": BenchmarkSpec(
         "college_math_test.jsonl",
@@ -182,6 +181,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "amc23": BenchmarkSpec(
         "amc23_test.jsonl", "question", _gold_field("answer"), DataSource(hub="math-ai/amc23", split="test")
     ),
+    # Ours, bundled: one-step word problems held out from the demo's training data (no Hub copy).
+    "arithmetic": BenchmarkSpec("arithmetic_test.jsonl", "question", _gold_gsm8k, None, bundled="arithmetic_test"),
 }
 
 

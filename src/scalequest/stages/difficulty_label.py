@@ -115,7 +115,7 @@ class DifficultyLabelConfig(SolverPrompt, Grading, RowStageConfig):
 
     input: DataSource = Field(
         ...,
-        description="Questions with known answers: a path, {bundled: gsm8k_train}, or {hub: openai/gsm8k, config: "
+        description="Questions with known answers: a path, {bundled: arithmetic_train}, or {hub: openai/gsm8k, config: "
         "main}.",
     )
     question_field: str = Field("question", description="Field holding the question (MATH: problem).")

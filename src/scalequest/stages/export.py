@@ -280,8 +280,6 @@ def pipeline_yaml(steps: list[tuple[str, Path, dict]]) -> dict:
 # The dataset card: huggingface_hub's DatasetCard from the template in scalequest/cards/
 # ----------------------------------------------------------------------------------------------
 
-# The data bundled with scalequest (src/scalequest/data/README.md): its Hub origin.
-BUNDLED_ORIGIN = {"gsm8k_train": "openai/gsm8k", "gsm8k_test": "openai/gsm8k", "math500_test": "HuggingFaceH4/MATH-500"}
 # Licenses that put no condition on a derived dataset an Apache-2.0 license does not also keep.
 PERMISSIVE = {"apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "unlicense"}
 DATA_FIELDS = ("input", "inputs", "sources", "more_sources")
@@ -426,7 +424,7 @@ def used(stages: list[tuple[Path, dict]]) -> list[dict]:
             if isinstance(source, dict) and source.get("hub"):
                 add("dataset", source["hub"], stage, source.get("revision"))
             elif isinstance(source, dict) and source.get("bundled"):
-                add("dataset", BUNDLED_ORIGIN.get(source["bundled"], source["bundled"]), f"{stage} (bundled copy)")
+                add("dataset", f"scalequest/{source['bundled']}", f"{stage} (bundled with scalequest)", on_hub=False)
             else:
                 path = source.get("path") if isinstance(source, dict) else source
                 if isinstance(path, str) and stage_folder(path, folder) is None:
