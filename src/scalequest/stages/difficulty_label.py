@@ -276,17 +276,14 @@ class LabelDifficulty(RowStage):
 
             pairs = [(answer, row["gold"]) for row, _, answers in answered for answer in answers]
             return grade_many(pairs, workers=config.grading_workers, timeout=config.grading_timeout)
-        from scalequest.code.programs import run_tests
+        from scalequest.code.benchmarks import check_completions
 
-        grades = []
-        for row, _, programs in answered:
-            runs = run_tests(
-                [p or "" for p in programs], row["gold"], config.test_timeout, workers=config.grading_workers
-            )
-            grades += [
-                ProgramGrade(p is not None and all(r.passed), r.status == "timeout") for p, r in zip(programs, runs)
-            ]
-        return grades
+        # One sandbox call for the whole shard, as for math: every row's programs run in parallel.
+        jobs = [({"tests": row["gold"]}, program) for row, _, programs in answered for program in programs]
+        statuses = check_completions(
+            [row for row, _ in jobs], [program for _, program in jobs], config.test_timeout, config.grading_workers
+        )
+        return [ProgramGrade(status == "passed", status == "timeout") for status in statuses]
 
     def teardown(self) -> None:
         self.engine.close()
