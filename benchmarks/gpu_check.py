@@ -4,12 +4,12 @@ Every model is built from its config with random weights (nothing is downloaded)
 bf16, and fed random token ids of realistic lengths through a word-level tokenizer built in code (token `t123`
 is id 123), so the project's own code paths run unchanged:
 
-- generation: the hf engine (`HFEngine.generate`: length-sorted prompts, left padding, its default batch of
-  64 on CUDA) on a Qwen2-7B-shaped causal LM (the paper's question and response generators are 7B Qwen2-Math
-  models), 64 prompts of 60-200 tokens x 256 new tokens, sampled at temperature 1. The engine normally loads
-  its model from disk; here its loader is replaced by one returning the config-built model and the tokenizer,
-  the rest of the engine runs as is. EOS is suppressed (`generation_config.min_new_tokens`) so every row gets
-  exactly 256 new tokens and tok/s does not depend on where a random model stops.
+- generation: the hf engine (`HFEngine.generate`: continuous batching, its default batch of 64 on CUDA) on a
+  Qwen2-7B-shaped causal LM (the paper's question and response generators are 7B Qwen2-Math models), 64 prompts
+  of 60-200 tokens x 256 new tokens, sampled at temperature 1. The engine normally loads its model from disk;
+  here its loader is replaced by one returning the config-built model and the tokenizer, the rest of the engine
+  runs as is. The tokenizer's EOS is unset during the run, so every row gets exactly 256 new tokens and tok/s
+  does not depend on where a random model stops.
 - reward scoring: `score_ids` with reward-select's default CUDA batch size (scorers/base.py CUDA_BATCH_SIZE)
   and its padding cap, vs the loop reward-model cards show (one pair per forward pass, `.item()` each), on the
   same model and the same inputs: 256 (question, response) pairs of 300-1200 tokens batched, and a
@@ -199,14 +199,16 @@ def check_generation(model, tokenizer, device, sizes: dict, rng: random.Random) 
     prompts = [" ".join(f"t{i}" for i in random_ids(rng, vocab, 60, 200)) for _ in range(sizes["prompts"])]
 
     def run(new_tokens: int) -> tuple[float, int]:
-        model.generation_config.min_new_tokens = new_tokens  # no early EOS: a fixed length for every row
-        # The engine drops a row's trailing pad ids from its count; a random model would sample some.
-        model.generation_config.suppress_tokens = [tokenizer.pad_token_id]
         params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=0)
-        sync(device)
-        started = time.perf_counter()
-        results = engine.generate(prompts, params)
-        sync(device)
+        # Without an EOS id the engine has nothing to stop on: every row gets exactly `new_tokens`.
+        eos, tokenizer.eos_token = tokenizer.eos_token, None
+        try:
+            sync(device)
+            started = time.perf_counter()
+            results = engine.generate(prompts, params)
+            sync(device)
+        finally:
+            tokenizer.eos_token = eos
         return time.perf_counter() - started, sum(c[0].completion_tokens for c in results)
 
     run(4)  # warm-up: the first calls allocate memory and pick kernels

@@ -67,13 +67,10 @@ def one_at_a_time(model, tokenizer, conversations) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--tiny", action="store_true", help="use a tiny random Llama classifier instead of the embedded SmolLM2"
-    )
     parser.add_argument("--pairs", type=int, default=64, help="(question, response) pairs scored per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both methods")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    add_common_arguments(parser)
+    add_common_arguments(parser, "classifier")
     args = parser.parse_args()
 
     import torch

@@ -1,4 +1,5 @@
-"""Command line: `scalequest STAGE [-c CONFIG.yaml] [key=value ...]`, plus `run`, `demo` and `serve`.
+"""Command line: `scalequest STAGE [-c CONFIG.yaml] [key=value ...]`, plus `run`, `demo`, `estimate`, `cost`,
+`report`, `inspect` and `serve`.
 
 Bad input ends with one line naming the problem and a non-zero exit; `--debug` shows the traceback.
 """
@@ -40,6 +41,12 @@ def add_common(parser: argparse.ArgumentParser, config: bool = True) -> None:
     parser.add_argument("--force", action="store_true", help="redo work even if the output already finished")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
+
+
+def add_price(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)"
+    )
 
 
 class ServeConfig(Section):
@@ -98,10 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Phase, samples, GPU-hours and cost of every finished stage under RUN_DIR.",
     )
     cost.add_argument("run_dir", help="a pipeline's output_dir (one sub-folder per stage)")
-    cost.add_argument(
-        "--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's, $680.8 / 522.9 h)"
-    )
+    add_price(cost)
     cost.add_argument("--debug", action="store_true", help="show tracebacks")
+    estimate = sub.add_parser(
+        "estimate",
+        help="project rows, tokens, GPU-hours and $ per stage for N final pairs from a small pilot run",
+        description="Run the pipeline as configured (a pilot: set a small generate-questions.num; finished stages "
+        "are read, not rerun), then project every stage for --pairs final pairs in the paper's Table 4 layout.",
+    )
+    add_common(estimate)
+    estimate.add_argument("--pairs", type=int, required=True, help="final question-response pairs wanted")
+    estimate.add_argument("--gpu", default="A100", help="GPU type of the throughput table (default: A100)")
+    add_price(estimate)
+    estimate.add_argument("--throughput", help="YAML overriding the shipped per-GPU throughput table")
+    estimate.add_argument("--no-pilot", action="store_true", help="read the finished pilot only; run nothing")
     report = sub.add_parser(
         "report",
         help="write one self-contained HTML report of a run (charts, funnel, cost, samples)",
@@ -110,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", help="a pipeline's output_dir, a folder of them, or one stage's output folder")
     report.add_argument("--output", default=None, help="folder for report.html and the PNGs (default: RUN_DIR/report)")
-    report.add_argument("--price", type=float, default=None, help="dollars per GPU-hour (default: the paper's)")
+    add_price(report)
     report.add_argument("--debug", action="store_true", help="show tracebacks")
     inspect = sub.add_parser(
         "inspect",
@@ -209,6 +226,10 @@ def dispatch(args) -> None:
 
         price = PAPER_PRICE_PER_GPU_HOUR if args.price is None else args.price
         print(cost_markdown(cost_rows(args.run_dir, price), price))
+    elif args.command == "estimate":
+        from scalequest import estimate
+
+        estimate.main(args)
     elif args.command == "inspect":
         from scalequest import inspect
 

@@ -160,7 +160,7 @@ class HFEngineConfig(ModelLoading):
     )
     device: str = Field("auto", description="hf engine device: auto (cuda when present), cpu, cuda, cuda:1, ...")
     batch_size: int | None = Field(
-        None, ge=1, description="hf engine prompts per generate() call; default 64 on CUDA, 16 on CPU."
+        None, ge=1, description="hf engine: sequences decoded together (continuous batching); 64 on CUDA, 16 on CPU."
     )
     context_overflow: Literal["error", "clamp"] = Field(
         "error",

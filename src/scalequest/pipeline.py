@@ -60,6 +60,9 @@ class Stage:
     # field -> stages whose output can feed it, in order of preference (the first present in the pipeline wins).
     feeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
     writes_questions: bool = False  # its output rows are questions (the demo samples the last such stage)
+    # Its rows start the dataset, so its work grows with the dataset's size, as does every stage its output feeds
+    # (`grows_with_dataset`; `scalequest estimate` scales them).
+    scales: bool = False
     flags: tuple[str, ...] = ()  # config fields also offered as --FLAG on the command line
 
     def run(self, config: StageConfig, force: bool = False) -> dict:
@@ -87,9 +90,10 @@ STAGES: dict[str, Stage] = {
             "Question generation",
             {"engine.model": ("qpo", "qft")},
             writes_questions=True,
+            scales=True,
         ),
         # Its `inputs` are named in the YAML (e.g. "${stages.generate-questions.output}" and another generator's run).
-        Stage("merge", MergeConfig, Merge, "row-wise", "Question generation", writes_questions=True),
+        Stage("merge", MergeConfig, Merge, "row-wise", "Question generation", writes_questions=True, scales=True),
         Stage(
             "filter-language",
             FilterLanguageConfig,
@@ -178,6 +182,14 @@ STAGES: dict[str, Stage] = {
         ),
     ]
 }
+
+
+def grows_with_dataset(name: str) -> bool:
+    """Whether a stage's work grows with the final dataset: it starts the dataset, or its input is fed by a stage
+    whose work does (filters, responses, reward, export and SFT do; QFT, QPO, labelling and evaluation do not)."""
+    stage = STAGES[name]
+    return stage.scales or any(grows_with_dataset(source) for source in stage.feeds.get("input", ()))
+
 
 # `${stages.NAME.output}` in a pipeline YAML: another (earlier) stage's output folder.
 REFERENCE = re.compile(r"\$\{stages\.([a-z0-9@_-]+)\.output\}")

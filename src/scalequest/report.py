@@ -140,6 +140,17 @@ def new_figure(width: float, height: float):
     return figure
 
 
+def panel_grid(count: int):
+    """A figure of `count` small panels, at most three to a row, and its first `count` axes (the rest hidden)."""
+    columns = min(3, count)
+    lines = math.ceil(count / columns)
+    figure = new_figure(4.2 * columns, 3.2 * lines)
+    axes = figure.subplots(lines, columns, squeeze=False).flatten()
+    for axis in axes[count:]:
+        axis.set_visible(False)
+    return figure, axes[:count]
+
+
 def finite(values) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
@@ -342,10 +353,7 @@ def difficulty_section(report: Report, stages: list[StageRun]) -> None:
             panels.append((s.name, hist.get("before") or {}, hist.get("after") or {}, None))
     if not panels:
         return
-    columns = min(3, len(panels))
-    lines = math.ceil(len(panels) / columns)
-    figure = new_figure(4.2 * columns, 3.2 * lines)
-    axes = figure.subplots(lines, columns, squeeze=False).flatten()
+    figure, axes = panel_grid(len(panels))
     positions = list(range(len(BUCKETS)))
     for axis, (title, before, after, _) in zip(axes, panels):
         axis.bar(
@@ -356,8 +364,6 @@ def difficulty_section(report: Report, stages: list[StageRun]) -> None:
         axis.set_title(title, fontsize="small")
         axis.set_ylabel("questions")
         axis.legend(fontsize="small")
-    for axis in axes[len(panels) :]:
-        axis.set_visible(False)
     body = report.image(figure, "difficulty.png", "difficulty score buckets before and after the filter, per generator")
     rows = [
         [title, sum(before.values()), sum(after.values()), json.dumps(rule) if rule is not None else ""]
@@ -517,10 +523,7 @@ def training_sections(report: Report, stages: list[StageRun]) -> None:
     ]
     losses = [entry for entry in losses if entry[1][0] or entry[2][0]]
     if losses:
-        columns = min(3, len(losses))
-        lines = math.ceil(len(losses) / columns)
-        figure = new_figure(4.2 * columns, 3.2 * lines)
-        axes = figure.subplots(lines, columns, squeeze=False).flatten()
+        figure, axes = panel_grid(len(losses))
         for axis, (s, (steps, loss), (eval_steps, eval_loss)) in zip(axes, losses):
             if steps:
                 axis.plot(steps, loss, marker="." if len(steps) < 30 else None, label="train loss")
@@ -530,8 +533,6 @@ def training_sections(report: Report, stages: list[StageRun]) -> None:
             axis.set_xlabel("step")
             axis.set_ylabel("loss")
             axis.legend(fontsize="small")
-        for axis in axes[len(losses) :]:
-            axis.set_visible(False)
         body = report.image(figure, "training-loss.png", "training loss per step, per training stage")
         rows = [
             [

@@ -118,6 +118,19 @@ def response_body(path: str, model_name: str, results: list[list[Completion]]) -
     }
 
 
+def write_json(handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+    """Answer the handler's request with `payload` as a JSON body (and any extra `headers`); an OSError from a
+    client that went away reaches the caller."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 FAULT_KINDS = ("500", "429", "timeout", "drop")
 
 
@@ -290,15 +303,8 @@ def make_server(
             return True
 
         def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
-            data = json.dumps(payload).encode()
             try:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                write_json(self, status, payload, headers)
             except OSError:  # the client went away (timed out, or was killed) before the answer
                 self.close_connection = True
 

@@ -275,6 +275,7 @@ def train(config, build_trainer: Callable[[], Any], state, started: float, finge
             "input": str(config.input) if hasattr(config, "input") else None,
             "input_fingerprint": fingerprint,
             "rows_in": len(trainer.train_dataset),
+            "tokens_in": trained_tokens(trainer),
             **entries,
         },
     )
@@ -288,6 +289,21 @@ def train(config, build_trainer: Callable[[], Any], state, started: float, finge
         manifest["wall_seconds"],
     )
     return manifest
+
+
+def trained_tokens(trainer) -> int:
+    """Tokens the trainer read (every token-id column of its dataset, times the epochs it ran), for the manifest and
+    `scalequest estimate`; summed in Arrow batches so that a million-row dataset is not turned into Python lists."""
+    import pyarrow.compute as pc
+
+    dataset = trainer.train_dataset
+    columns = [name for name in getattr(dataset, "column_names", None) or [] if name.endswith("_ids")]
+    if not columns:
+        return 0
+    per_epoch = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=10_000):
+        per_epoch += sum(pc.sum(pc.list_value_length(batch[name])).as_py() or 0 for name in columns)
+    return round(per_epoch * (trainer.state.epoch or 0))
 
 
 def ProgressCallback(view: progress.StageView):

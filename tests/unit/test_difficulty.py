@@ -504,6 +504,11 @@ def test_filter_applies_a_rule_per_generator(tmp_path, classifier_dir):
     scored = io.load_rows(tmp_path / "filtered" / "scores")
     kept = {row["id"] for row in io.load_rows(tmp_path / "filtered")}
     assert len(scored) == 30 and all(isinstance(row["difficulty"], float) for row in scored)
+    # The regressor's tokens (each question once) are the filter's, for `scalequest estimate`.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    assert manifest["tokens_in"] == sum(len(tokenizer(row["question"])["input_ids"]) for row in scored) > 0
     by_generator = {}
     for row in scored:
         by_generator.setdefault(row["generator"], []).append(row)

@@ -175,3 +175,73 @@ def test_context_length_sources():
     assert model_context_length(SimpleNamespace(), tokenizer) == 4096
     assert model_context_length(SimpleNamespace(), SimpleNamespace(model_max_length=int(1e30))) is None
     assert model_context_length(None, None) is None
+
+
+# --- continuous batching ----------------------------------------------------------------------------------
+
+
+def test_sequences_leave_and_enter_the_batch_without_changing_greedy_output(short_context_dir):
+    """Prompts of different lengths get different room in a 48-token context, so sequences end at different
+    steps: each ending one leaves, a waiting prompt enters the shared cache at another width, and every text
+    is still what the prompt gives alone."""
+    engine = load(short_context_dir, context_overflow="clamp")
+    prompts = [" ".join(PROMPTS[1].split()[:k]) for k in (3, 14, 6, 1, 10, 8)]
+    greedy = SamplingParams(temperature=0, max_new_tokens=40, n=2)
+    engine.batch_size = 1
+    alone = engine.generate(prompts, greedy)
+    engine.batch_size = 3
+    together = engine.generate(prompts, greedy)
+    assert [[c.text for c in row] for row in together] == [[c.text for c in row] for row in alone]
+    assert [[c.completion_tokens for c in row] for row in together] == [
+        [min(40, 48 - prompt_tokens(engine, p))] * 2 for p in prompts
+    ]
+    assert len({c.completion_tokens for row in together for c in row}) > 1  # they did end at different steps
+    # Sampling with a seed gives the same sequences again.
+    sampled = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=40, n=2, seed=3)
+    assert [[c.text for c in r] for r in engine.generate(prompts, sampled)] == [
+        [c.text for c in r] for r in engine.generate(prompts, sampled)
+    ]
+    engine.close()
+
+
+def test_a_sequence_that_ends_leaves_the_batch(tiny_model_dir):
+    """The model is fed only the sequences still generating: after one ends, the next steps are narrower."""
+    engine = load(tiny_model_dir)
+    widths = []
+    forward = engine.model.forward
+
+    def recording(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    engine.model.forward = recording
+    engine.batch_size = 4
+    limits = iter([3, 9])
+    engine._new_token_limits = lambda lengths, max_new: [next(limits) for _ in lengths]
+    out = engine.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=9))
+    assert [c[0].completion_tokens for c in out] == [3, 9]
+    # One prefill of both prompts, two steps with both, then six with the one left.
+    assert widths == [2, 2, 2] + [1] * 6
+    engine.close()
+
+
+# The nucleus found among the first or the second set of candidates, in the sorted vocabulary, or top_p 1.
+@pytest.mark.parametrize("candidates, top_p", [((2, 5), 0.7), ((2, 3), 0.7), ((1024,), 0.7), ((2,), 1.0)])
+def test_sampling_draws_from_transformers_top_p_nucleus(monkeypatch, candidates, top_p):
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from scalequest.engines import hf
+
+    monkeypatch.setattr(hf, "TOP_P_CANDIDATES", candidates)
+    logits = torch.tensor([[2.0, 1.5, 0.3, -1.0, 0.9, 0.0], [0.1, 0.2, 0.0, 0.05, 0.15, -0.1]])
+    params = SamplingParams(temperature=0.8, top_p=top_p)
+    expected = (TopPLogitsWarper(top_p)(None, logits / 0.8) if top_p < 1 else logits / 0.8).softmax(-1)
+    draws = 20000
+    tokens = hf.sample(logits.repeat(draws, 1), params, torch.Generator().manual_seed(0)).view(draws, 2)
+    for row in range(2):
+        frequency = torch.bincount(tokens[:, row], minlength=6) / draws
+        assert torch.equal(frequency > 0, expected[row] > 0)  # the same nucleus
+        assert torch.allclose(frequency, expected[row], atol=0.02)
+    greedy = hf.sample(logits, SamplingParams(temperature=0), None)
+    assert greedy.tolist() == [0, 1]

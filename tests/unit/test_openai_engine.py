@@ -18,7 +18,7 @@ from scalequest.config import engine_config
 from scalequest.engines import load_engine
 from scalequest.engines.base import SamplingParams
 from scalequest.engines.openai import OpenAIEngine, split_evenly
-from scalequest.serve import make_server
+from scalequest.serve import make_server, write_json
 
 KEY_ENV = "SCALEQUEST_TEST_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -205,19 +205,9 @@ class FakeOpenAI:
                 with fake.lock:
                     fake.in_flight -= 1
                 try:
-                    self.send(status, payload, headers)
+                    write_json(self, status, payload, headers)
                 except OSError:  # the client gave up (timeout) and closed the connection
                     pass
-
-            def send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def log_message(self, *args) -> None:
                 pass

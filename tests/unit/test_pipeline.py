@@ -185,3 +185,21 @@ def test_the_paper_code_recipe_plans():
     assert stages["difficulty-label"].gold_format == "tests"
     assert stages["evaluate"].benchmarks == ["humaneval", "mbpp"]
     assert stages["decontaminate"].benchmarks == ["humaneval", "mbpp"]
+
+
+def test_the_stages_that_grow_with_the_dataset_follow_from_the_declared_inputs():
+    from scalequest.pipeline import grows_with_dataset
+
+    grows = [name for name in STAGES if grows_with_dataset(name)]
+    assert grows == [
+        "generate-questions",
+        "merge",
+        "filter-language",
+        "filter-solvability",
+        "filter-difficulty",
+        "generate-responses",
+        "reward-select",
+        "decontaminate",
+        "export",
+        "sft",
+    ]

@@ -32,6 +32,7 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(tmp_path, tiny_model_dir):
     manifest = sft.run(config(tmp_path, tiny_model_dir))
     assert manifest["steps"] == 16
     assert manifest["last_logged_loss"] < manifest["first_logged_loss"] * 0.8
+    assert manifest["tokens_in"] > 4 * 16 * 8  # the tokens it trained on: 16 examples of 8+ tokens, 4 epochs
     out = tmp_path / "sft"
     assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
     engine = HFEngine(engine_config(model=str(out)))

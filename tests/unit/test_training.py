@@ -52,3 +52,16 @@ def test_a_trainer_key_our_own_field_sets_names_that_field(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == EXIT_BAD_INPUT and "num_train_epochs is set by this stage's field 'epochs'; set that instead" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_trained_tokens_count_every_token_id_column_once_per_epoch():
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from scalequest.training import trained_tokens
+
+    dataset = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "chosen_ids": [[1], [2, 3]], "labels": [1, 0]})
+    trainer = SimpleNamespace(train_dataset=dataset.shuffle(seed=0).select([0, 1]), state=SimpleNamespace(epoch=2.0))
+    assert trained_tokens(trainer) == (5 + 3) * 2
+    assert trained_tokens(SimpleNamespace(train_dataset=Dataset.from_dict({"text": ["a"]}), state=trainer.state)) == 0

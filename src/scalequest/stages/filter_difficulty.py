@@ -159,10 +159,12 @@ class ScoreDifficulty(RowStage):
                 rows.append(row)
             else:
                 result.remove(row, "empty")
-        scores = score_questions(
-            self.model, self.tokenizer, [r[field] for r in rows], self.batch_size, self.config.regressor.max_length
-        )
+        questions, max_length = [r[field] for r in rows], self.config.regressor.max_length
+        scores = score_questions(self.model, self.tokenizer, questions, self.batch_size, max_length)
         result.rows = [{**row, "difficulty": score} for row, score in zip(rows, scores)]
+        # The tokens the regressor read, for the manifest and `scalequest estimate`.
+        encoded = self.tokenizer(questions, add_special_tokens=True)["input_ids"] if questions else []
+        result.tokens_in = sum(min(len(ids), max_length) if max_length else len(ids) for ids in encoded)
         return result
 
     def teardown(self) -> None:
@@ -324,7 +326,9 @@ class FilterDifficulty(RowStage):
             yield Shard(int(path.stem.split("-")[1]), list(io.read_file(path)))
 
     def process(self, shard: Shard) -> ShardResult:
-        result = ShardResult(rows=[])
+        # The regressor's work on this shard was done by score-difficulty: its tokens count here.
+        scored = json.loads(io.stats_path(self.scores_dir, shard.index).read_text())
+        result = ShardResult(rows=[], tokens_in=scored.get("tokens_in", 0))
         for row in shard.rows:
             reason = self.dropped.get(row["id"])
             if reason:
