@@ -231,7 +231,8 @@ def markdown(rows: list[dict], pairs: int, pilot_pairs: int, gpu: str, price: fl
     if unknown:
         lines += [
             "",
-            f"?: the model size of {', '.join(unknown)} is unknown (no readable config.json); not in the total",
+            f"?: the GPU-hours of {', '.join(unknown)} are unknown (a model without a readable config.json, or a "
+            "training manifest without token counts); not in the total",
         ]
     lines += ["", f"Throughput ({gpu}): {table.gpus[gpu].source}"]
     return "\n".join(lines) + "\n"

@@ -92,7 +92,9 @@ def test_a_model_of_unknown_size_is_marked_and_left_out_of_the_total(pilot):
     table = estimate.load_throughput(None)
     rows, pilot_pairs = estimate.estimate(pilot, 100, "A100", table, 1.0)
     assert {row["stage"]: row["gpu_hours"] for row in rows}["generate-responses"] is None
-    assert "generate-responses is unknown" in estimate.markdown(rows, 100, pilot_pairs, "A100", 1.0, table)
+    assert "GPU-hours of generate-responses are unknown" in estimate.markdown(
+        rows, 100, pilot_pairs, "A100", 1.0, table
+    )
 
 
 def test_bad_inputs_are_errors(pilot, tmp_path):
