@@ -192,10 +192,15 @@ def main() -> None:
 
     from scalequest.config import HFEngineConfig
     from scalequest.engines import load_engine
-    from scalequest.models import resolve_model
+    from scalequest.models import load_tokenizer, resolve_model
     from scalequest.templates import stop_strings
 
     path = str(resolve_model("embedded"))
+    if args.json:  # called by --vllm-python: only vllm's figures, on stdout's last line (no hf model to load)
+        tokenizer = load_tokenizer(path)
+        params = workload_params(args.workloads, args, tuple(stop_strings(tokenizer)))
+        print(json.dumps(run_vllm(workload_prompts(tokenizer, args.workloads, args.num), params)))
+        return
     engine = load_engine(HFEngineConfig(model="embedded"))
     tokenizer = engine.tokenizer
     stop = tuple(stop_strings(tokenizer))
@@ -213,11 +218,6 @@ def main() -> None:
         "vllm": bool(args.vllm_python) or importlib.util.find_spec("vllm") is not None,
         "llama.cpp": importlib.util.find_spec("llama_cpp") is not None,
     }
-    if args.json:  # called by --vllm-python: only the figures, on stdout's last line
-        workload = args.workloads
-        params = workload_params(workload, args, stop)
-        print(json.dumps(run_vllm(workload_prompts(tokenizer, workload, args.num), params)))
-        return
     print(f"torch threads {torch.get_num_threads()}, model {path}, dtype {engine.model.dtype}")
     print("| workload | engine | tokens | seconds | tok/s | padding share |\n|---|---|---:|---:|---:|---:|")
     ratios = {}

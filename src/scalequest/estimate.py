@@ -19,6 +19,7 @@ of them. Stages that run on CPUs only (language filter, decontamination, export)
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -89,6 +90,7 @@ def parameters(config: dict) -> float | None:
     return float(layers * (attention + mlp) + embeddings)
 
 
+@lru_cache(maxsize=None)  # the stages of a pipeline share their models
 def model_parameters(name: str, revision: str | None = None) -> float | None:
     """Parameters of a model named as a stage config names it (embedded, a folder, an adapter folder, a Hub id);
     None when its config.json cannot be read (a remote server's model, offline without a cached copy)."""
@@ -133,6 +135,12 @@ def gpu_hours(manifest: dict, kind: str, scale: float, params: float | None, gpu
     return seconds * scale / 3600
 
 
+def gpu_figures(table: ThroughputTable, gpu: str) -> GPU:
+    if gpu not in table.gpus:
+        raise ConfigError(f"unknown GPU {gpu!r}; the throughput table has {', '.join(table.gpus)}")
+    return table.gpus[gpu]
+
+
 def pilot_manifests(planned: list[tuple[str, object]]) -> list[tuple[str, dict]]:
     """(step, manifest) of every step of the pipeline; an unfinished step is an error."""
     manifests = []
@@ -152,9 +160,7 @@ def estimate(
 
     if pairs < 1:
         raise ConfigError(f"--pairs must be at least 1, not {pairs}")
-    if gpu not in table.gpus:
-        raise ConfigError(f"unknown GPU {gpu!r}; the throughput table has {', '.join(table.gpus)}")
-    figures = table.gpus[gpu]
+    figures = gpu_figures(table, gpu)
     final = [
         m
         for name, m in manifests
@@ -180,7 +186,7 @@ def estimate(
             {
                 "stage": name,
                 "phase": stage.phase,
-                "scales": grows,
+                "grows": grows,
                 "survival": rows_out / rows_in if rows_in and stage.kind == "row-wise" else None,
                 "rows_in": round(rows_in * scale),
                 "rows_out": round(rows_out * scale),
@@ -195,8 +201,8 @@ def estimate(
 
 
 def markdown(rows: list[dict], pairs: int, pilot_pairs: int, gpu: str, price: float, table: ThroughputTable) -> str:
-    def number(value, digits: int = 1) -> str:
-        return "?" if value is None else f"{value:,.{digits}f}"
+    def number(value) -> str:
+        return "?" if value is None else f"{value:,.2f}"
 
     lines = [
         f"Projection for {pairs:,} pairs on {gpu} at ${price:.2f}/GPU-hour, from a pilot of {pilot_pairs:,} pairs "
@@ -208,10 +214,10 @@ def markdown(rows: list[dict], pairs: int, pilot_pairs: int, gpu: str, price: fl
     for row in rows:
         survival = "-" if row["survival"] is None else f"{row['survival']:.1%}"
         model = "-" if row["parameters"] is None else f"{row['parameters'] / 1e9:.2f}B"
-        grows = "" if row["scales"] else " (fixed)"
+        fixed = "" if row["grows"] else " (fixed)"
         lines.append(
-            f"| {row['stage']}{grows} | {row['phase']} | {survival} | {row['rows_in']:,} | {row['tokens_in']:,} | "
-            f"{row['tokens_out']:,} | {model} | {number(row['gpu_hours'], 2)} | {number(row['cost'], 2)} |"
+            f"| {row['stage']}{fixed} | {row['phase']} | {survival} | {row['rows_in']:,} | {row['tokens_in']:,} | "
+            f"{row['tokens_out']:,} | {model} | {number(row['gpu_hours'])} | {number(row['cost'])} |"
         )
     lines += ["", "| Phase | Samples | GPU hours | Cost |", "|---|---:|---:|---:|"]
     phases: dict[str, dict] = {}
@@ -221,9 +227,7 @@ def markdown(rows: list[dict], pairs: int, pilot_pairs: int, gpu: str, price: fl
         for key in ("gpu_hours", "cost"):
             phase[key] = None if phase[key] is None or row[key] is None else phase[key] + row[key]
     for name, phase in phases.items():
-        lines.append(
-            f"| {name} | {phase['samples']:,} | {number(phase['gpu_hours'], 2)} | {number(phase['cost'], 2)} |"
-        )
+        lines.append(f"| {name} | {phase['samples']:,} | {number(phase['gpu_hours'])} | {number(phase['cost'])} |")
     known = [row for row in rows if row["gpu_hours"] is not None]
     total_hours = sum(row["gpu_hours"] for row in known)
     lines.append(f"| Total | | {total_hours:,.2f} | {total_hours * price:,.2f} |")
@@ -244,8 +248,7 @@ def main(args) -> None:
     if not args.config:
         raise ConfigError("estimate needs a pipeline YAML: scalequest estimate -c pipeline.yaml --pairs N")
     table = load_throughput(args.throughput)
-    if args.gpu not in table.gpus:  # before a pilot runs for nothing
-        raise ConfigError(f"unknown GPU {args.gpu!r}; the throughput table has {', '.join(table.gpus)}")
+    gpu_figures(table, args.gpu)  # before a pilot runs for nothing
     if not args.no_pilot:
         run_pipeline(args.config, args.overrides, force=args.force)
     _, planned = load_pipeline(args.config, args.overrides)

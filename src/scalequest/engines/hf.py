@@ -238,13 +238,16 @@ class HFEngine(Engine):
         # Stop strings that are one token (end-of-turn, EOS) stop cheaply as EOS ids; longer ones are looked for
         # in the text of each sequence's last tokens, and cut from the text afterwards.
         stop_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        long_stops = []
+        long_stops: list[str] = []
         for stop in params.stop:
             ids = tokenizer.encode(stop, add_special_tokens=False)
             if len(ids) == 1:
                 stop_ids.add(ids[0])
             else:
                 long_stops.append(stop)
+        # A stop string of c characters lies within a sequence's last c + 1 tokens (one more for a character split
+        # across two tokens).
+        stop_tail = max(map(len, long_stops), default=0) + 1
         limits = self._new_token_limits([len(ids) for ids in encoded], params.max_new_tokens)
         # Prompts of similar length enter together, so they are padded little.
         pending = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
@@ -272,7 +275,7 @@ class HFEngine(Engine):
                 ended = []
                 for position, (row, token) in enumerate(zip(batch.rows, tokens)):
                     row.ids.append(token)
-                    stopped = token in stop_ids or (long_stops and self._holds_stop(row.ids, long_stops))
+                    stopped = token in stop_ids or (long_stops and self._holds_stop(row.ids[-stop_tail:], long_stops))
                     if stopped or len(row.ids) >= row.limit:
                         ended.append(position)
                         completion = self._completion(row.ids, len(encoded[row.index]), stop_ids, params, row.limit)
@@ -284,11 +287,10 @@ class HFEngine(Engine):
                     batch.step()
         return self._count(results)
 
-    def _holds_stop(self, ids: list[int], stops: list[str]) -> bool:
-        """Whether the text of a sequence's last tokens holds a stop string: a stop string of c characters
-        lies within the last c + 1 tokens (the extra one for a character split across two tokens)."""
-        tail = self._decode(ids[-(max(len(s) for s in stops) + 1) :])
-        return any(s in tail for s in stops)
+    def _holds_stop(self, tail: list[int], stops: list[str]) -> bool:
+        """Whether the text of a sequence's last tokens holds a stop string."""
+        text = self._decode(tail)
+        return any(s in text for s in stops)
 
     def _new_token_limits(self, lengths: list[int], max_new_tokens: int) -> list[int]:
         """max_new_tokens for each prompt, so that the prompt and its completion fit in the model's context; with
