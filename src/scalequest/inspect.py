@@ -27,7 +27,6 @@ import yaml
 from scalequest import io
 
 ALL = "all"
-DEFAULT_LIMIT = 5
 
 
 def stage_output(folder: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -91,21 +90,15 @@ def check_reason(folder: Path, reason: str, reasons: Counter) -> None:
         raise io.DataError(f"{folder} has no rows removed for {reason!r} (reasons: {known}; or: {ALL})")
 
 
-def inspect_output(
-    folder: str | Path,
-    removed: str | None = None,
-    row_id: str | None = None,
-    sample: int | None = None,
-    limit: int = DEFAULT_LIMIT,
-    seed: int = 0,
-    as_json: bool = False,
-) -> None:
-    """Print the selected rows of a stage output: rich panels, or JSON lines with `as_json`."""
+def main(args) -> None:
+    """The CLI's `inspect` command (argparse namespace from cli.build_parser): print the selected rows of a stage
+    output, as rich panels or (--json) JSON lines."""
+    removed, row_id, sample, limit, seed = args.removed, args.id, args.sample, args.limit, args.seed
     if sample is not None and sample < 1:
         raise io.DataError(f"--sample must be at least 1 (got {sample})")
     if limit < 0:
         raise io.DataError(f"--limit must be 0 (all) or more (got {limit})")
-    folder, manifest = stage_output(folder)
+    folder, manifest = stage_output(args.output)
     has_shards = any(folder.glob(io.SHARD_GLOB))
     reasons = removed_reasons(folder)
     if not has_shards and not reasons and manifest.get("steps") is not None:
@@ -127,7 +120,7 @@ def inspect_output(
         ]
     else:
         entries = [{"status": "kept", "row": row} for row in choose(kept_rows(folder), limit, sample, seed)]
-    if as_json:
+    if args.json:
         for entry in entries:
             # Kept rows as stored; removed rows as stored in removed/ ({id, reason, evidence, row}).
             shown = entry["row"] if entry["status"] == "kept" else {k: v for k, v in entry.items() if k != "status"}
@@ -225,16 +218,3 @@ def render(
     console.rule(Text(what), style="dim")
     for entry in entries:
         console.print(entry_panel(entry))
-
-
-def main(args) -> None:
-    """The CLI's `inspect` command (argparse namespace from cli.build_parser)."""
-    inspect_output(
-        args.output,
-        removed=args.removed,
-        row_id=args.id,
-        sample=args.sample,
-        limit=args.limit,
-        seed=args.seed,
-        as_json=args.json,
-    )

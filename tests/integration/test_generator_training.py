@@ -30,6 +30,11 @@ PREFIX = (
 )
 
 
+def sampled_questions(num: int) -> dict:
+    """One shard of `num` questions from the QFT generator, sampled alike in qpo-data and generate-questions."""
+    return {"num": num, "shard_size": num, "sampling": {"max_new_tokens": 96, "seed": 0}, "progress": False}
+
+
 def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
     gsm8k = shared_data / "train" / "gsm8k_train.jsonl"
     trained = qft.run(
@@ -50,14 +55,11 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
         BuildQPOData,
         QPODataConfig(
             output=tmp_path / "qpo-data",
-            num=16,
-            shard_size=16,
             generator={"model": str(tmp_path / "qft")},
-            sampling={"max_new_tokens": 96, "seed": 0},
             optimizer={"model": "embedded"},
             optimizer_sampling={"max_new_tokens": 128},
             optimizer_reply_prefix="Final question:",
-            progress=False,
+            **sampled_questions(16),
         ),
     )
     assert pairs["rows_in"] == 16 and pairs["rows_out"] + sum(pairs["dropped"].values()) == 16
@@ -85,12 +87,7 @@ def test_qft_qpo_data_qpo_then_generate_and_filter(tmp_path, shared_data):
     generated = run_row_stage(
         GenerateQuestions,
         GenerateQuestionsConfig(
-            output=tmp_path / "questions",
-            num=8,
-            shard_size=8,
-            engine={"model": str(tmp_path / "qpo")},
-            sampling={"max_new_tokens": 96, "seed": 0},
-            progress=False,
+            output=tmp_path / "questions", engine={"model": str(tmp_path / "qpo")}, **sampled_questions(8)
         ),
     )
     filtered = run_row_stage(

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scalequest import io
 from scalequest.cli import EXIT_UNFINISHED
@@ -58,41 +59,19 @@ def serving(faults: Faults | None = None) -> Iterator[Server]:
         server.server_close()
 
 
-def command(questions: Path, out: Path, port: int, timeout: float, retries: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scalequest.cli",
-        "generate-responses",
-        f"input={questions}",
-        f"output={out}",
-        f"shard_size={SHARD_SIZE}",
-        f"sampling.n={SAMPLES}",
-        "engine.engine=openai",
-        f"engine.model={MODEL}",
-        f"engine.base_url=http://127.0.0.1:{port}/v1",
-        "engine.api_key_env=SCALEQUEST_FAULT_TEST_KEY",
-        "engine.max_concurrency=16",
-        f"engine.max_retries={retries}",
-        f"engine.request_timeout={timeout}",
-        "progress=false",
-    ]
-
-
 def start(
-    questions: Path, out: Path, server: Server, log: Path, timeout: float = TIMEOUT, retries: int = RETRIES
+    config: Path, out: Path, server: Server, log: Path, timeout: float = TIMEOUT, retries: int = RETRIES
 ) -> subprocess.Popen:
-    """A run of the stage against `server`; timeout and retries are operational fields, out of the config hash."""
+    """A run of the stage against `server`, as a user runs it: a config file and overrides (timeout and retries
+    are operational fields, out of the config hash)."""
+    port = server.server_address[1]
+    command = [sys.executable, "-m", "scalequest.cli", "generate-responses", "-c", str(config), f"output={out}"]
+    command += [f"engine.base_url=http://127.0.0.1:{port}/v1", f"engine.max_retries={retries}"]
+    command += [f"engine.request_timeout={timeout}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("SCALEQUEST_FAULT_TEST_KEY", None)
     with open(log, "ab") as handle:
-        return subprocess.Popen(
-            command(questions, out, server.server_address[1], timeout, retries),
-            cwd=out.parent,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen(command, cwd=out.parent, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def wait(proc: subprocess.Popen, log: Path, kill_at_requests: int | None = None, server: Server | None = None) -> int:
@@ -121,26 +100,31 @@ def kill_point(codes: list[int], rng: random.Random) -> int | None:
     return None
 
 
-def write_questions(path: Path) -> None:
+def write_config(folder: Path) -> Path:
+    """The questions, and a generate-responses config reading them over engine=openai."""
     rows = [{"id": f"q{i:05d}", "question": f"Question {i}: what is {i} + {i * 7 % 13}?"} for i in range(ROWS)]
-    path.write_text(io.to_jsonl(rows))
+    (folder / "questions.jsonl").write_text(io.to_jsonl(rows))
+    engine = {"engine": "openai", "model": MODEL, "api_key_env": "SCALEQUEST_FAULT_TEST_KEY", "max_concurrency": 16}
+    config = {"input": str(folder / "questions.jsonl"), "shard_size": SHARD_SIZE, "sampling": {"n": SAMPLES}}
+    path = folder / "generate-responses.yaml"
+    path.write_text(yaml.safe_dump({**config, "engine": engine, "progress": False}))
+    return path
 
 
 def test_faults_and_sigkills_then_reruns_give_the_rows_of_a_clean_run(tmp_path):
-    questions = tmp_path / "questions.jsonl"
-    write_questions(questions)
+    config = write_config(tmp_path)
     clean_out, out, log = tmp_path / "clean", tmp_path / "faulty", tmp_path / "runs.log"
     faults = Faults(rate=FAIL_RATE, seed=FAULT_SEED, stall=TIMEOUT + 0.5, retry_after=0.05)
     rng = random.Random(KILL_SEED)
     with serving() as clean_server, serving(faults) as server:
         # The clean run, alongside: a patient client, so that a busy machine cannot fail its requests.
-        clean = start(questions, clean_out, clean_server, tmp_path / "clean.log", timeout=30.0, retries=5)
+        clean = start(config, clean_out, clean_server, tmp_path / "clean.log", timeout=30.0, retries=5)
         codes = []
         while not codes or codes[-1] != 0:
             assert len(codes) < MAX_RUNS, f"not finished after {len(codes)} runs: {codes}\n{log.read_text()[-3000:]}"
             kill_after = kill_point(codes, rng)
             kill_at = None if kill_after is None else server.stats["requests"] + kill_after
-            codes.append(wait(start(questions, out, server, log), log, kill_at, server))
+            codes.append(wait(start(config, out, server, log), log, kill_at, server))
             assert codes[-1] in (0, EXIT_UNFINISHED, -signal.SIGKILL), log.read_text()[-3000:]
             if codes[-1] != 0:
                 assert not (out / io.MANIFEST).exists(), "an unfinished run must not look finished"

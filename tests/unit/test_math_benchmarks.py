@@ -108,13 +108,13 @@ def test_corrupt_line_names_file_and_line(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "amc23_test.jsonl", [{"question": "q", "answer": "1"}])
     with path.open("a", encoding="utf-8") as file:
         file.write('{"question": "broken", "answer": \n')
-    with pytest.raises(BenchmarkError, match=r"amc23_test\.jsonl, line 2"):
+    with pytest.raises(BenchmarkError, match=r"amc23_test\.jsonl:2:"):
         load_benchmark("amc23", data_dir=tmp_path)
 
 
 def test_non_object_line_is_an_error(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "amc23_test.jsonl", [[1, 2]])
-    with pytest.raises(BenchmarkError, match="line 1"):
+    with pytest.raises(BenchmarkError, match=r"amc23_test\.jsonl:1:"):
         load_benchmark("amc23", data_dir=tmp_path)
 
 

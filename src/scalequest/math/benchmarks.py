@@ -18,7 +18,6 @@ files evaluation repositories distribute (`hub_question_field`, `hub_gold`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -125,7 +124,7 @@ def _gold_minerva(row: dict[str, Any]) -> str | None:
 class BenchmarkSpec:
     """Where a benchmark lives and how to read its question and gold answer."""
 
-    file_name: str  # local JSONL inside the data folder, in the layout evaluation repositories distribute
+    name: str
     question_field: str
     gold: Callable[[dict[str, Any]], str | None]
     hub: DataSource | None  # public Hugging Face dataset (id, config, split), for users with internet
@@ -133,57 +132,42 @@ class BenchmarkSpec:
     hub_gold: Callable[[dict[str, Any]], str | None] | None = None
     bundled: str | None = None  # name of the copy shipped with the package, if any
 
+    @property
+    def file_name(self) -> str:
+        """The local JSONL in the data folder, named as evaluation repositories distribute it."""
+        return f"{self.name}_test.jsonl"
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "gsm8k": BenchmarkSpec(
-        "gsm8k_test.jsonl",
-        "question",
-        _gold_gsm8k,
-        DataSource(hub="openai/gsm8k", config="main", split="test"),
+
+_gold_answer = _gold_field("answer")
+_SPECS = [
+    BenchmarkSpec("gsm8k", "question", _gold_gsm8k, DataSource(hub="openai/gsm8k", config="main", split="test")),
+    BenchmarkSpec("math500", "problem", _gold_answer, DataSource(hub="HuggingFaceH4/MATH-500", split="test")),
+    BenchmarkSpec(
+        "college_math", "question", _gold_college_math, DataSource(hub="di-zhang-fdu/College_Math_Test", split="test")
     ),
-    "math500": BenchmarkSpec(
-        "math500_test.jsonl",
-        "problem",
-        _gold_field("answer"),
-        DataSource(hub="HuggingFaceH4/MATH-500", split="test"),
-    ),
-    "college_math": BenchmarkSpec(
-        "college_math_test.jsonl",
-        "question",
-        _gold_college_math,
-        DataSource(hub="di-zhang-fdu/College_Math_Test", split="test"),
-    ),
-    "olympiadbench": BenchmarkSpec(
-        "olympiadbench_test.jsonl",
+    BenchmarkSpec(
+        "olympiadbench",
         "question",
         _gold_olympiadbench,
-        DataSource(hub="Hothan/OlympiadBench", config="OE_TO_maths_en_COMP", split="train"),
+        DataSource(hub="Hothan/OlympiadBench", config="OE_TO_maths_en_COMP"),
     ),
-    "gsm_hard": BenchmarkSpec(
-        "gsm_hard_test.jsonl",
-        "input",
-        _gold_field("target"),
-        DataSource(hub="reasoning-machines/gsm-hard", split="train"),
-    ),
+    BenchmarkSpec("gsm_hard", "input", _gold_field("target"), DataSource(hub="reasoning-machines/gsm-hard")),
     # The local file is the OCW set as evaluation repositories ship it (problem + boxed solution); the Hub
     # copy holds the question and the final answer in their own fields.
-    "minerva_math": BenchmarkSpec(
-        "minerva_math_test.jsonl",
+    BenchmarkSpec(
+        "minerva_math",
         "problem",
         _gold_minerva,
         DataSource(hub="math-ai/minervamath", split="test"),
         hub_question_field="question",
-        hub_gold=_gold_field("answer"),
+        hub_gold=_gold_answer,
     ),
-    "aime24": BenchmarkSpec(
-        "aime24_test.jsonl", "problem", _gold_field("answer"), DataSource(hub="HuggingFaceH4/aime_2024", split="train")
-    ),
-    "amc23": BenchmarkSpec(
-        "amc23_test.jsonl", "question", _gold_field("answer"), DataSource(hub="math-ai/amc23", split="test")
-    ),
+    BenchmarkSpec("aime24", "problem", _gold_answer, DataSource(hub="HuggingFaceH4/aime_2024")),
+    BenchmarkSpec("amc23", "question", _gold_answer, DataSource(hub="math-ai/amc23", split="test")),
     # Ours, bundled: one-step word problems held out from the demo's training data (no Hub copy).
-    "arithmetic": BenchmarkSpec("arithmetic_test.jsonl", "question", _gold_gsm8k, None, bundled="arithmetic_test"),
-}
+    BenchmarkSpec("arithmetic", "question", _gold_gsm8k, None, bundled="arithmetic_test"),
+]
+BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in _SPECS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,22 +186,6 @@ def _local_file(data_dir: Path, file_name: str) -> Path:
     direct = data_dir / file_name
     nested = data_dir / "benchmarks" / file_name
     return nested if not direct.is_file() and nested.is_file() else direct
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BenchmarkError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def benchmark_source(name: str, data_dir: str | Path | None = None) -> DataSource:
@@ -264,7 +232,10 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         raw_rows = _read_hub(name, spec, data_dir)
         question_field, read_gold = spec.hub_question_field or question_field, spec.hub_gold or read_gold
     else:
-        raw_rows = _read_jsonl(io.bundled_file(source.bundled) if source.bundled else source.path)
+        try:
+            raw_rows = list(io.read_file(io.bundled_file(source.bundled) if source.bundled else source.path))
+        except io.DataError as error:
+            raise BenchmarkError(f"benchmark {name!r}: {error}") from None
 
     rows: list[dict[str, Any]] = []
     skipped = 0

@@ -43,13 +43,13 @@ class QuestionPrompt(Section):
         default_factory=QuestionSampling,
         description="Question sampling (paper: temperature 1.0, top_p 0.99, 512 new tokens).",
     )
+    pre_query_prefix: str | None = Field(
+        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
+    )
     system_prompt: str | None = Field(
         None,
         description="Optional system turn placed before the user turn (steers a model not yet question-tuned; for a "
         "QFT model it must match what QFT trained with).",
-    )
-    pre_query_prefix: str | None = Field(
-        None, description="Literal prompt text to use instead of the prefix derived from the chat template."
     )
 
 

@@ -50,11 +50,6 @@ class RewardModelConfig(VLLMSettings, ModelLoading):
         description="Reward model: HF id or local directory with a one-output score head (paper: "
         f"{PAPER_REWARD_MODEL}, which needs trust_remote_code: true).",
     )
-    trust_remote_code: bool = Field(
-        False,
-        description="Allow the reward model repository to run its own code (needed for get_score models such as "
-        "InternLM2-7B-Reward).",
-    )
     device: str = Field("auto", description="hf backend device: auto (cuda when present), cpu, cuda, cuda:1, ...")
     batch_size: int | None = Field(
         None,
