@@ -361,8 +361,8 @@ def test_batched_scores_equal_one_at_a_time(classifier_dir):
     difficulty_train.prepare_tokenizer(tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
     questions = [row["question"] for row in length_signal_rows(12, seed=3)]
-    one_by_one = score_questions(model, tokenizer, questions, batch_size=1, max_length=512)
-    batched = score_questions(model, tokenizer, questions, batch_size=5, max_length=512)
+    one_by_one, _ = score_questions(model, tokenizer, questions, batch_size=1, max_length=512)
+    batched, _ = score_questions(model, tokenizer, questions, batch_size=5, max_length=512)
     assert batched == pytest.approx(one_by_one, abs=1e-5)
     assert len(set(one_by_one)) > 1
 

@@ -167,13 +167,17 @@ def score_texts(
     max_length: int | None = None,
     max_padding: float | None = MAX_PADDING,
 ) -> list[float]:
-    """`logits[:, 0]` for each text, in order. The tokenizer truncates, as it did in training (it keeps the
-    special tokens it adds), to `max_length` or the model's context."""
+    """`logits[:, 0]` for each text, in order (tokenized as `encode_texts` does)."""
+    return score_ids(model, tokenizer, encode_texts(model, tokenizer, texts, max_length), batch_size, max_padding)
+
+
+def encode_texts(model, tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each text as it is scored: the tokenizer truncates, as it did in training (it keeps the special
+    tokens it adds), to `max_length` or the model's context."""
     if not texts:
         return []
     context = context_length(model, max_length)
-    encoded = tokenizer(texts, truncation=context is not None, max_length=context)["input_ids"]
-    return score_ids(model, tokenizer, encoded, batch_size, max_padding)
+    return tokenizer(texts, truncation=context is not None, max_length=context)["input_ids"]
 
 
 class ClassifierScorer(Scorer):

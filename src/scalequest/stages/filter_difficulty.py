@@ -42,10 +42,11 @@ from scalequest.stages.difficulty_label import BUCKETS, Bucket, bucket_of, histo
 from scalequest.stages.difficulty_train import prepare_tokenizer
 from scalequest.scorers.sequence_classification import (
     architectures,
+    encode_texts,
     head_outputs,
     load_classifier,
     read_model_config,
-    score_texts,
+    score_ids,
     use_padding,
 )
 
@@ -114,10 +115,14 @@ class ScoreDifficultyConfig(RowStageConfig):
     shard_size: int = Field(1000, ge=1, description="Questions per output shard; a shard is the unit of resume.")
 
 
-def score_questions(model, tokenizer, questions: list[str], batch_size: int, max_length: int) -> list[float]:
-    """The regressor's score for each question, in order; batches are sorted by length to save padding."""
+def score_questions(
+    model, tokenizer, questions: list[str], batch_size: int, max_length: int
+) -> tuple[list[float], int]:
+    """The regressor's score for each question, in order, and the tokens it read; batches are sorted by length to
+    save padding."""
+    encoded = encode_texts(model, tokenizer, questions, max_length)
     # No cap on a batch's padding: questions are short, so full batches pay even on a CPU (the numbers above).
-    return score_texts(model, tokenizer, questions, batch_size, max_length, max_padding=None)
+    return score_ids(model, tokenizer, encoded, batch_size, max_padding=None), sum(map(len, encoded))
 
 
 class ScoreDifficulty(RowStage):
@@ -159,12 +164,12 @@ class ScoreDifficulty(RowStage):
                 rows.append(row)
             else:
                 result.remove(row, "empty")
-        questions, max_length = [r[field] for r in rows], self.config.regressor.max_length
-        scores = score_questions(self.model, self.tokenizer, questions, self.batch_size, max_length)
+        questions = [r[field] for r in rows]
+        # The tokens the regressor read go to the manifest, for `scalequest estimate`.
+        scores, result.tokens_in = score_questions(
+            self.model, self.tokenizer, questions, self.batch_size, self.config.regressor.max_length
+        )
         result.rows = [{**row, "difficulty": score} for row, score in zip(rows, scores)]
-        # The tokens the regressor read, for the manifest and `scalequest estimate`.
-        encoded = self.tokenizer(questions, add_special_tokens=True)["input_ids"] if questions else []
-        result.tokens_in = sum(min(len(ids), max_length) if max_length else len(ids) for ids in encoded)
         return result
 
     def teardown(self) -> None:
